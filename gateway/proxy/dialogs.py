@@ -1,0 +1,71 @@
+"""Dialogs the proxy has seen established, keyed to the browser flow (sans-I/O).
+
+The gateway is a proxy, not a B2BUA, but it keeps enough of each confirmed
+dialog to end it toward the switch when the browser's WebSocket dies: the
+browser's identity (From/To with its tag), the far side's, the far side's
+target (its Contact), the route set as the browser would use it (minus our own
+entries), and the highest CSeq the browser has used (RFC 3261 §12.2.1.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Dialog", "DialogTable"]
+
+
+@dataclass
+class Dialog:
+    call_id: str
+    browser_tag: str
+    far_tag: str
+    flow_id: int
+    browser_is_caller: bool
+    #: the browser side's name-addr with its tag (From for its requests)
+    browser_header: str
+    #: the far side's name-addr with its tag (To for the browser's requests)
+    far_header: str
+    #: the far side's Contact URI: the Request-URI of requests toward it
+    far_target: str
+    #: Route values for a request from the browser toward the far side, ours removed
+    route_set: list[str] = field(default_factory=list)
+    browser_cseq: int = 0
+    created: float = 0.0
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.call_id, self.browser_tag, self.far_tag)
+
+
+class DialogTable:
+    """Confirmed dialogs, by key and by flow."""
+
+    def __init__(self) -> None:
+        self._dialogs: dict[tuple[str, str, str], Dialog] = {}
+        self._by_flow: dict[int, set[tuple[str, str, str]]] = {}
+
+    def add(self, dialog: Dialog) -> None:
+        self._dialogs[dialog.key] = dialog
+        self._by_flow.setdefault(dialog.flow_id, set()).add(dialog.key)
+
+    def find(self, call_id: str, tag_a: str | None, tag_b: str | None) -> Dialog | None:
+        """Find a dialog by Call-ID and the two tags in either order."""
+        if tag_a is None or tag_b is None:
+            return None
+        return self._dialogs.get((call_id, tag_a, tag_b)) or self._dialogs.get(
+            (call_id, tag_b, tag_a)
+        )
+
+    def remove(self, dialog: Dialog) -> None:
+        if self._dialogs.pop(dialog.key, None) is not None:
+            keys = self._by_flow.get(dialog.flow_id)
+            if keys is not None:
+                keys.discard(dialog.key)
+                if not keys:
+                    del self._by_flow[dialog.flow_id]
+
+    def for_flow(self, flow_id: int) -> list[Dialog]:
+        return [self._dialogs[k] for k in self._by_flow.get(flow_id, ())]
+
+    def __len__(self) -> int:
+        return len(self._dialogs)

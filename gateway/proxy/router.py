@@ -1,0 +1,1120 @@
+"""The edge proxy: SIP messages and flow events in, actions out (sans-I/O).
+
+A transaction-stateful proxy (RFC 3261 §16) between browser WebSocket flows
+(RFC 7118) and an upstream switch pool, in the style of an RFC 5626 edge
+proxy:
+
+* Requests from a browser go only to the upstream pool (never to an address
+  the browser names: no open relay).  The browser's ``.invalid`` Via gets
+  ``received``/``rport`` (RFC 3581); REGISTER gets a Path (RFC 3327) whose
+  user part is a signed flow token (RFC 5626 §5.2), or, in contact-rewrite
+  mode, a Contact naming the gateway; dialog-forming requests get a double
+  Record-Route (RFC 5658), both entries carrying the token.
+* Requests from the switch are routed by the token in the Route (Path or
+  Record-Route) or, in contact-rewrite mode, in the Request-URI: to that
+  connection only; a dead flow answers 430 Flow Failed (RFC 5626 §5.3).
+* Responses follow the transactions back.  Bodies pass through untouched:
+  :meth:`Proxy.rewrite_body` is the hook where the media layer will rewrite SDP.
+* When a flow closes, its confirmed dialogs are ended toward the switch with
+  BYE, its pending outgoing INVITEs are CANCELled, and requests pending toward
+  it are answered 480.
+
+Nothing here reads a clock or touches a socket: the adapter feeds bytes with
+``now``, arms one timer from :meth:`Proxy.get_timer`, and carries out the
+actions it drains with :meth:`Proxy.actions`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.sip import events as tev
+from gateway.sip.errors import ParseError
+from gateway.sip.headers import NameAddr, parse_name_addr, parse_via
+from gateway.sip.message import Request, Response, make_response, parse
+from gateway.sip.transaction import (
+    ClientTransaction,
+    ServerTransaction,
+    SipTimers,
+    make_branch,
+    make_cancel,
+    server_key,
+)
+from gateway.sip.uri import SipURI
+
+from .dialogs import Dialog, DialogTable
+from .flow import Flow, FlowTable
+from .upstream import PoolMember, UpstreamPool
+
+__all__ = [
+    "Action",
+    "Dropped",
+    "Note",
+    "Proxy",
+    "ProxySettings",
+    "SendToFlow",
+    "SendUpstream",
+    "Seen",
+]
+
+DEFAULT_MAX_FORWARDS = 70
+#: Methods that create a dialog when sent outside one (RFC 3261, 6665, 3515).
+DIALOG_FORMING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+#: RFC 6026: how long 2xx retransmissions to an INVITE are still forwarded, in T1.
+ACCEPTED_T1 = 64
+
+
+# --------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class SendToFlow:
+    """Send one SIP message over a browser WebSocket."""
+
+    flow_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendUpstream:
+    """Send one SIP message toward the switch side (UDP datagram or stream)."""
+
+    host: str
+    port: int
+    transport: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A message was dropped; ``side`` is "ws" or "sip"."""
+
+    side: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A message was received (for metrics): kind is "request" or "response"."""
+
+    side: str
+    kind: str
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something worth a log line and a metric (failover, health, dialogs)."""
+
+    kind: str
+    detail: str = ""
+
+
+Action = SendToFlow | SendUpstream | Dropped | Seen | Note
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProxySettings:
+    """What the proxy needs to know about itself."""
+
+    sip_host: str
+    """Host advertised toward the switch in Via, Path and Record-Route."""
+    sip_port: int
+    """UDP/TCP port of the switch-facing listener."""
+    sip_tls_port: int | None = None
+    """TLS port of the switch-facing listener, if any."""
+    ws_host: str = "gateway.invalid"
+    """Host in the WebSocket-side Via and Record-Route entries."""
+    mode: str = "path"
+    """"path" (RFC 3327) or "contact-rewrite"."""
+    timers: SipTimers = field(default_factory=SipTimers)
+    max_calls: int = 1000
+    user_agent: str = "webrtc-sip-gateway"
+    udp_mtu: int = 1300
+    tcp_fallback: bool = True
+    probe_interval: float = 10.0
+    flow_timer: int | None = None
+    """Seconds advertised in Flow-Timer on outbound REGISTER 200s (RFC 5626 §4.4.1)."""
+
+
+# ------------------------------------------------------------------ contexts
+
+
+@dataclass(eq=False)
+class _Server:
+    txn: ServerTransaction
+    request: Request
+    from_flow: int | None  # browser flow the request came from
+    reply_to: tuple[str, int, str] | None  # upstream source address
+    client: _Client | None = None
+    final_sent: bool = False
+
+
+@dataclass(eq=False)
+class _Client:
+    txn: ClientTransaction
+    request: Request  # as forwarded
+    server: _Server | None  # None: a request of our own (probe, BYE, CANCEL)
+    to_flow: int | None = None  # target browser flow
+    member: PoolMember | None = None  # target upstream member
+    origin_flow: int | None = None  # browser flow that sent it
+    transport: str = "udp"  # transport actually used toward ``member``
+    tried: tuple[PoolMember, ...] = ()
+    provisional: bool = False
+    final: bool = False
+    cancel_pending: bool = False
+    probe: bool = False
+
+
+class Proxy:
+    """The sans-I/O edge proxy. See the module docstring."""
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        pool: UpstreamPool,
+        flows: FlowTable,
+        *,
+        rewrite_body: Callable[[Request | Response, str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.flows = flows
+        self.dialogs = DialogTable()
+        self._rewrite_body = rewrite_body
+        self._actions: list[Action] = []
+        self._clients: dict[tuple[str, str], _Client] = {}
+        self._servers: dict[tuple[str, str, str], _Server] = {}
+        self._accepted: dict[str, int] = {}  # branch -> flow for 2xx retransmissions
+        self._timers: list[tuple[float, int, str, object]] = []
+        self._seq = itertools.count()
+        self._branch_prefix = secrets.token_hex(4)
+        self._branch_seq = itertools.count(1)
+        self.pending_invites = 0
+        #: set while draining (SIGTERM): new calls get 503
+        self.draining = False
+
+    # ---------------------------------------------------------------- API
+
+    def actions(self) -> list[Action]:
+        """Drain the actions produced so far."""
+        out, self._actions = self._actions, []
+        return out
+
+    def start(self, now: float) -> None:
+        """Schedule the first OPTIONS health probes."""
+        if self.settings.probe_interval > 0:
+            self._push(now, "probe", None)
+
+    def get_timer(self) -> float | None:
+        """Earliest deadline the adapter must call :meth:`handle_timer` at."""
+        return self._timers[0][0] if self._timers else None
+
+    def handle_timer(self, now: float) -> None:
+        """Run every timer due at ``now``."""
+        while self._timers and self._timers[0][0] <= now:
+            _, _, kind, key = heapq.heappop(self._timers)
+            if kind == "client":
+                ctx = self._clients.get(key)  # type: ignore[call-overload]
+                if ctx is not None and _due(ctx.txn.get_timer(), now):
+                    ctx.txn.handle_timer(now)
+                    self._pump_client(ctx, now)
+            elif kind == "server":
+                sctx = self._servers.get(key)  # type: ignore[call-overload]
+                if sctx is not None and _due(sctx.txn.get_timer(), now):
+                    sctx.txn.handle_timer(now)
+                    self._pump_server(sctx, now)
+            elif kind == "accepted":
+                self._accepted.pop(key, None)  # type: ignore[call-overload]
+            elif kind == "probe":
+                self._send_probes(now)
+                self._push(now + self.settings.probe_interval, "probe", None)
+
+    def flow_opened(self, flow_id: int, host: str, port: int, *, secure: bool) -> Flow:
+        """A browser connected."""
+        return self.flows.open(flow_id, host, port, secure=secure)
+
+    def flow_closed(self, flow_id: int, now: float) -> None:
+        """A browser's WebSocket closed: end what it leaves behind."""
+        flow = self.flows.close(flow_id)
+        if flow is None:
+            return
+        for dialog in self.dialogs.for_flow(flow_id):
+            self.dialogs.remove(dialog)
+            self._note("dialog_ended", "flow_closed")
+            self._send_bye_for(dialog, now)
+        for ctx in list(self._clients.values()):
+            if ctx.final:
+                continue
+            if ctx.origin_flow == flow_id and ctx.request.method == "INVITE":
+                self._cancel(ctx, now)
+            elif ctx.to_flow == flow_id and ctx.server is not None:
+                self._answer(ctx.server, 480, now, warning="WebSocket closed")
+                self._forget_client(ctx)
+
+    def receive_from_flow(self, flow_id: int, data: bytes, now: float) -> None:
+        """One SIP message arrived on a browser WebSocket (RFC 7118 §5)."""
+        flow = self.flows.get(flow_id)
+        if flow is None:
+            self._drop("ws", "flow_unknown")
+            return
+        try:
+            msg = parse(data)
+        except ParseError as exc:
+            self._parse_failed("ws", exc, flow_id=flow_id, reply_to=None, now=now)
+            return
+        if isinstance(msg, Request):
+            self._actions.append(Seen("ws", "request", msg.method))
+            self._request_from_flow(flow, msg, now)
+        else:
+            self._actions.append(Seen("ws", "response", str(msg.status)))
+            self._response_from_flow(flow, msg, now)
+
+    def receive_from_upstream(
+        self, data: bytes, host: str, port: int, transport: str, now: float
+    ) -> None:
+        """One SIP message arrived from the switch side (source already allow-listed)."""
+        try:
+            msg = parse(data)
+        except ParseError as exc:
+            self._parse_failed("sip", exc, flow_id=None, reply_to=(host, port, transport), now=now)
+            return
+        if isinstance(msg, Request):
+            self._actions.append(Seen("sip", "request", msg.method))
+            self._request_from_upstream(msg, (host, port, transport), now)
+        else:
+            self._actions.append(Seen("sip", "response", str(msg.status)))
+            self._response_from_upstream(msg, now)
+
+    @property
+    def active_calls(self) -> int:
+        return len(self.dialogs)
+
+    # --------------------------------------------------------- from browser
+
+    def _request_from_flow(self, flow: Flow, req: Request, now: float) -> None:
+        skey = server_key(req)
+        existing = self._servers.get(skey)
+        if existing is not None:
+            existing.txn.receive_request(req, now)
+            self._pump_server(existing, now)
+            return
+        if req.method == "ACK":
+            self._ack_from_flow(flow, req, now)
+            return
+        # RFC 3581 §4 / RFC 7118 §5: the browser's Via names an unresolvable
+        # .invalid host; the response goes back over this connection anyway.
+        self._fix_top_via(req, flow.remote_host, flow.remote_port)
+        sctx = self._new_server(req, from_flow=flow.flow_id, reply_to=None, reliable=True, now=now)
+        if req.method == "CANCEL":
+            self._cancel_received(sctx, now)
+            return
+        if not self._check_max_forwards(sctx, now):
+            return
+        if req.method == "INVITE":
+            if req.to_tag is None and not self._admit_call(sctx, now):
+                return
+            self._answer(sctx, 100, now)
+        fwd = req.copy()
+        self._pop_own_routes(fwd)
+        member = self._member_for(fwd, now)
+        if member is None:
+            self._answer(sctx, 503, now, warning="no upstream server available")
+            return
+        if fwd.method == "REGISTER":
+            self._prepare_register(flow, fwd, member.transport)
+        elif fwd.to_tag is None and fwd.method in DIALOG_FORMING:
+            self._record_route(fwd, flow, toward_switch=True, transport=member.transport)
+        elif fwd.to_tag is not None:
+            dialog = self.dialogs.find(fwd.call_id, fwd.from_tag, fwd.to_tag)
+            if dialog is not None:
+                dialog.browser_cseq = max(dialog.browser_cseq, fwd.cseq[0])
+                if fwd.method == "BYE":
+                    self.dialogs.remove(dialog)
+                    self._note("dialog_ended", "bye_from_browser")
+        if self._rewrite_body is not None and fwd.body:
+            self._rewrite_body(fwd, "to_switch")
+        client = _Client(
+            txn=None,  # type: ignore[arg-type]
+            request=fwd,
+            server=sctx,
+            member=member,
+            origin_flow=flow.flow_id,
+        )
+        sctx.client = client
+        if fwd.method == "INVITE" and fwd.to_tag is None:
+            self.pending_invites += 1
+        self._send_upstream(client, member, now)
+
+    def _ack_from_flow(self, flow: Flow, req: Request, now: float) -> None:
+        """ACK to a 2xx: its own transaction, forwarded statelessly (§16.11)."""
+        fwd = req.copy()
+        self._fix_top_via(fwd, flow.remote_host, flow.remote_port)
+        if not self._decrement_max_forwards(fwd):
+            self._drop("ws", "max_forwards")
+            return
+        self._pop_own_routes(fwd)
+        if self._rewrite_body is not None and fwd.body:
+            self._rewrite_body(fwd, "to_switch")
+        member = self._member_for(fwd, now)
+        if member is None:
+            self._drop("ws", "no_upstream")
+            return
+        transport = member.transport
+        branch = make_branch(req.top_via.branch.encode() if req.top_via.branch else b"ack")
+        fwd.headers.prepend("Via", self._upstream_via(transport, branch))
+        self._emit_upstream(member.host, member.port, transport, bytes(fwd))
+
+    def _response_from_flow(self, flow: Flow, resp: Response, now: float) -> None:
+        via = resp.top_via
+        ctx = self._clients.get((via.branch or "", resp.cseq[1]))
+        if ctx is None or ctx.to_flow != flow.flow_id:
+            self._drop("ws", "no_transaction")
+            return
+        ctx.txn.receive_response(resp, now)
+        self._pump_client(ctx, now)
+
+    # --------------------------------------------------------- from switch
+
+    def _request_from_upstream(
+        self, req: Request, source: tuple[str, int, str], now: float
+    ) -> None:
+        skey = server_key(req)
+        existing = self._servers.get(skey)
+        if existing is not None:
+            existing.txn.receive_request(req, now)
+            self._pump_server(existing, now)
+            return
+        self._fix_top_via(req, source[0], source[1], only_if_needed=True)
+        if req.method == "ACK":
+            self._ack_from_upstream(req, now)
+            return
+        reliable = source[2] != "udp"
+        sctx = self._new_server(req, from_flow=None, reply_to=source, reliable=reliable, now=now)
+        if req.method == "CANCEL":
+            self._cancel_received(sctx, now)
+            return
+        if not self._check_max_forwards(sctx, now):
+            return
+        fwd = req.copy()
+        token = self._pop_own_routes(fwd)
+        if token is None:
+            token = self._token_from_ruri(fwd)
+        if token is None:
+            # Not addressed to a browser: only OPTIONS keepalives for ourselves.
+            if req.method == "OPTIONS":
+                self._answer(sctx, 200, now)
+            else:
+                self._answer(sctx, 404, now, warning="no flow token in Route or Request-URI")
+            return
+        flow = self.flows.by_token(token)
+        if flow is None:
+            # RFC 5626 §5.3: the flow named in the Route is gone (or never was).
+            self._answer(sctx, 430, now, warning="flow failed")
+            return
+        if req.method == "INVITE":
+            if req.to_tag is None and not self._admit_call(sctx, now):
+                return
+            self._answer(sctx, 100, now)
+        if self.settings.mode == "contact-rewrite":
+            original = flow.contacts.get(token)
+            if original is not None and _uri_user(fwd.uri) == token:
+                fwd.uri = original
+        if fwd.to_tag is None and fwd.method in DIALOG_FORMING:
+            self._record_route(fwd, flow, toward_switch=False, transport=source[2])
+        elif fwd.to_tag is not None and fwd.method == "BYE":
+            dialog = self.dialogs.find(fwd.call_id, fwd.from_tag, fwd.to_tag)
+            if dialog is not None:
+                self.dialogs.remove(dialog)
+                self._note("dialog_ended", "bye_from_switch")
+        if self._rewrite_body is not None and fwd.body:
+            self._rewrite_body(fwd, "to_browser")
+        branch = self._new_branch()
+        fwd.headers.prepend("Via", self._ws_via(flow, branch))
+        client = _Client(
+            txn=None,  # type: ignore[arg-type]
+            request=fwd,
+            server=sctx,
+            to_flow=flow.flow_id,
+        )
+        sctx.client = client
+        if fwd.method == "INVITE" and fwd.to_tag is None:
+            self.pending_invites += 1
+        self._start_client(client, branch, reliable=True, now=now)
+
+    def _ack_from_upstream(self, req: Request, now: float) -> None:
+        fwd = req.copy()
+        if not self._decrement_max_forwards(fwd):
+            self._drop("sip", "max_forwards")
+            return
+        token = self._pop_own_routes(fwd) or self._token_from_ruri(fwd)
+        flow = self.flows.by_token(token)
+        if flow is None:
+            self._drop("sip", "flow_gone")
+            return
+        if self._rewrite_body is not None and fwd.body:
+            self._rewrite_body(fwd, "to_browser")
+        branch = make_branch(req.top_via.branch.encode() if req.top_via.branch else b"ack")
+        fwd.headers.prepend("Via", self._ws_via(flow, branch))
+        self._actions.append(SendToFlow(flow.flow_id, bytes(fwd)))
+
+    def _response_from_upstream(self, resp: Response, now: float) -> None:
+        via = resp.top_via
+        branch = via.branch or ""
+        ctx = self._clients.get((branch, resp.cseq[1]))
+        if ctx is not None:
+            ctx.txn.receive_response(resp, now)
+            self._pump_client(ctx, now)
+            return
+        flow_id = self._accepted.get(branch)
+        if flow_id is not None and 200 <= resp.status < 300 and resp.cseq[1] == "INVITE":
+            # RFC 6026: a retransmitted 2xx is forwarded statelessly.
+            fwd = resp.copy()
+            fwd.headers.pop_first("Via")
+            if self.flows.get(flow_id) is not None:
+                self._actions.append(SendToFlow(flow_id, bytes(fwd)))
+            return
+        self._drop("sip", "no_transaction")
+
+    # ------------------------------------------------------- transactions
+
+    def _new_server(
+        self,
+        req: Request,
+        *,
+        from_flow: int | None,
+        reply_to: tuple[str, int, str] | None,
+        reliable: bool,
+        now: float,
+    ) -> _Server:
+        txn = ServerTransaction(req, reliable=reliable, timers=self.settings.timers, now=now)
+        sctx = _Server(txn=txn, request=req, from_flow=from_flow, reply_to=reply_to)
+        self._servers[txn.key] = sctx
+        return sctx
+
+    def _start_client(self, ctx: _Client, branch: str, *, reliable: bool, now: float) -> None:
+        ctx.txn = ClientTransaction(
+            ctx.request, reliable=reliable, timers=self.settings.timers, now=now
+        )
+        self._clients[(branch, ctx.request.method)] = ctx
+        self._pump_client(ctx, now)
+
+    def _send_upstream(self, ctx: _Client, member: PoolMember, now: float) -> None:
+        """(Re)send a client request to ``member`` with a fresh branch."""
+        ctx.member = member
+        ctx.tried = ctx.tried + (member,)
+        transport = member.transport
+        req = ctx.request
+        branch = self._new_branch()
+        # Replace our Via (failover) or add it.
+        if ctx.txn is not None:
+            req.headers.pop_first("Via")
+        req.headers.prepend("Via", self._upstream_via(transport, branch))
+        data_len = len(bytes(req))
+        if (
+            transport == "udp"
+            and self.settings.tcp_fallback
+            and data_len > self.settings.udp_mtu
+            and req.method != "ACK"
+        ):
+            # RFC 3261 §18.1.1: a request within 200 bytes of the path MTU, or
+            # larger than 1300 bytes, MUST be sent over a congestion-controlled
+            # transport. Our Via must say so.
+            transport = "tcp"
+            req.headers.pop_first("Via")
+            req.headers.prepend("Via", self._upstream_via(transport, branch))
+        ctx.transport = transport
+        self._start_client(ctx, branch, reliable=transport != "udp", now=now)
+
+    def _pump_client(self, ctx: _Client, now: float) -> None:
+        txn = ctx.txn
+        for data in txn.data_to_send():
+            if ctx.to_flow is not None:
+                if self.flows.get(ctx.to_flow) is not None:
+                    self._actions.append(SendToFlow(ctx.to_flow, data))
+            elif ctx.member is not None:
+                self._emit_upstream(ctx.member.host, ctx.member.port, ctx.transport, data)
+        while (event := txn.next_event()) is not None:
+            if isinstance(event, tev.ResponseReceived):
+                self._client_response(ctx, event.response, now)
+            elif isinstance(event, tev.Timeout):
+                self._client_timeout(ctx, now)
+            elif isinstance(event, tev.Terminated):
+                self._forget_client(ctx, txn)
+            if ctx.txn is not txn:
+                return  # failed over: the new transaction has been pumped already
+        timer = txn.get_timer()
+        if timer is not None and self._clients.get(txn.key) is ctx:
+            self._push(timer, "client", txn.key)
+
+    def _pump_server(self, sctx: _Server, now: float) -> None:
+        txn = sctx.txn
+        for data in txn.data_to_send():
+            if sctx.from_flow is not None:
+                if self.flows.get(sctx.from_flow) is not None:
+                    self._actions.append(SendToFlow(sctx.from_flow, data))
+            elif sctx.reply_to is not None:
+                self._emit_upstream(*sctx.reply_to, data)
+        while (event := txn.next_event()) is not None:
+            if isinstance(event, tev.Terminated):
+                if self._servers.get(txn.key) is sctx:
+                    del self._servers[txn.key]
+        timer = txn.get_timer()
+        if timer is not None and self._servers.get(txn.key) is sctx:
+            self._push(timer, "server", txn.key)
+
+    def _forget_client(self, ctx: _Client, txn: ClientTransaction | None = None) -> None:
+        txn = txn or ctx.txn
+        if ctx.txn is not txn:
+            return
+        if self._clients.get(txn.key) is ctx:
+            del self._clients[txn.key]
+        if (
+            not ctx.final
+            and ctx.server is not None
+            and ctx.request.method == "INVITE"
+            and ctx.request.to_tag is None
+        ):
+            ctx.final = True
+            self.pending_invites -= 1
+
+    def _client_response(self, ctx: _Client, resp: Response, now: float) -> None:
+        status = resp.status
+        if ctx.probe:
+            if ctx.member is not None and self.pool.mark_up(ctx.member):
+                self._note("upstream_up", ctx.member.name)
+            return
+        if ctx.member is not None and status != 503 and self.pool.mark_up(ctx.member):
+            self._note("upstream_up", ctx.member.name)
+        sctx = ctx.server
+        if sctx is None:
+            return  # our own BYE/CANCEL: nothing to relay
+        if status < 200:
+            ctx.provisional = True
+            if ctx.cancel_pending:
+                ctx.cancel_pending = False
+                self._cancel(ctx, now)
+            if status == 100:
+                return  # hop by hop (§16.7 step 5)
+        else:
+            if status == 503 and ctx.member is not None and self._failover(ctx, now):
+                return
+            if not ctx.final and ctx.request.method == "INVITE" and ctx.request.to_tag is None:
+                self.pending_invites -= 1
+            ctx.final = True
+        fwd = resp.copy()
+        fwd.headers.pop_first("Via")
+        if ctx.to_flow is None:
+            self._response_toward_browser(ctx, sctx, fwd, now)
+        else:
+            self._response_toward_switch(ctx, sctx, fwd, now)
+
+    def _response_toward_browser(
+        self, ctx: _Client, sctx: _Server, resp: Response, now: float
+    ) -> None:
+        method = resp.cseq[1]
+        flow = self.flows.get(sctx.from_flow) if sctx.from_flow is not None else None
+        if flow is None:
+            return
+        if method == "REGISTER" and 200 <= resp.status < 300:
+            self._restore_register_contacts(flow, resp)
+            if self.settings.flow_timer and _has_outbound(sctx.request):
+                resp.headers.set("Flow-Timer", str(self.settings.flow_timer))
+        if method == "INVITE" and 200 <= resp.status < 300:
+            self._accepted[ctx.txn.key[0]] = flow.flow_id
+            self._push(now + ACCEPTED_T1 * self.settings.timers.t1, "accepted", ctx.txn.key[0])
+            if resp.to_tag and resp.from_tag:
+                if self.dialogs.find(resp.call_id, resp.from_tag, resp.to_tag) is None:
+                    self.dialogs.add(
+                        Dialog(
+                            call_id=resp.call_id,
+                            browser_tag=resp.from_tag,
+                            far_tag=resp.to_tag,
+                            flow_id=flow.flow_id,
+                            browser_is_caller=True,
+                            browser_header=resp.headers.get("From") or "",
+                            far_header=resp.headers.get("To") or "",
+                            far_target=_contact_uri(resp) or sctx.request.uri,
+                            route_set=[
+                                r
+                                for r in reversed(resp.headers.get_all("Record-Route"))
+                                if not self._is_own_route(r)
+                            ],
+                            browser_cseq=resp.cseq[0],
+                            created=now,
+                        )
+                    )
+                    self._note("dialog_started", "outbound")
+        if self._rewrite_body is not None and resp.body:
+            self._rewrite_body(resp, "to_browser")
+        if resp.status >= 200:
+            sctx.final_sent = True
+        sctx.txn.send_response(resp, now)
+        self._pump_server(sctx, now)
+
+    def _response_toward_switch(
+        self, ctx: _Client, sctx: _Server, resp: Response, now: float
+    ) -> None:
+        if resp.cseq[1] == "INVITE" and 200 <= resp.status < 300 and ctx.to_flow is not None:
+            req = sctx.request
+            if resp.to_tag and resp.from_tag:
+                if self.dialogs.find(resp.call_id, resp.from_tag, resp.to_tag) is None:
+                    self.dialogs.add(
+                        Dialog(
+                            call_id=resp.call_id,
+                            browser_tag=resp.to_tag,
+                            far_tag=resp.from_tag,
+                            flow_id=ctx.to_flow,
+                            browser_is_caller=False,
+                            browser_header=resp.headers.get("To") or "",
+                            far_header=resp.headers.get("From") or "",
+                            far_target=_contact_uri(req) or "",
+                            route_set=[
+                                r
+                                for r in req.headers.get_all("Record-Route")
+                                if not self._is_own_route(r)
+                            ],
+                            created=now,
+                        )
+                    )
+                    self._note("dialog_started", "inbound")
+        if self._rewrite_body is not None and resp.body:
+            self._rewrite_body(resp, "to_switch")
+        if resp.status >= 200:
+            sctx.final_sent = True
+        sctx.txn.send_response(resp, now)
+        self._pump_server(sctx, now)
+
+    def _client_timeout(self, ctx: _Client, now: float) -> None:
+        if ctx.member is not None:
+            if self.pool.mark_down(ctx.member, now):
+                self._note("upstream_down", ctx.member.name)
+        if ctx.probe or ctx.server is None or ctx.final:
+            return
+        if ctx.member is not None and not ctx.provisional and self._failover(ctx, now):
+            return
+        # RFC 3261 §16.8: a timeout counts as a 408 from that branch.
+        if not ctx.final and ctx.request.method == "INVITE" and ctx.request.to_tag is None:
+            self.pending_invites -= 1
+        ctx.final = True
+        self._answer(ctx.server, 408, now)
+
+    def _failover(self, ctx: _Client, now: float) -> bool:
+        """Retry an initial request on the next pool member (RFC 3263 §4.3)."""
+        if ctx.request.to_tag is not None or ctx.request.method == "CANCEL":
+            return False
+        member = self.pool.pick(now, exclude=ctx.tried)
+        if member is None:
+            return False
+        old = ctx.member
+        if ctx.txn is not None and self._clients.get(ctx.txn.key) is ctx:
+            del self._clients[ctx.txn.key]
+        if old is not None:
+            old.failovers += 1
+            self._note("failover", f"{old.name} -> {member.name}")
+        self._send_upstream(ctx, member, now)
+        return True
+
+    # ----------------------------------------------------------- CANCEL
+
+    def _cancel_received(self, sctx: _Server, now: float) -> None:
+        """RFC 3261 §16.10: answer the CANCEL, then cancel the pending branch."""
+        req = sctx.request
+        branch, sent_by, _ = sctx.txn.key
+        invite = self._servers.get((branch, sent_by, "INVITE"))
+        if invite is None:
+            self._answer(sctx, 481, now)
+            return
+        self._answer(sctx, 200, now)
+        if not invite.final_sent:
+            ctx = invite.client
+            if ctx is not None and not ctx.final:
+                self._cancel(ctx, now)
+        del req
+
+    def _cancel(self, ctx: _Client, now: float) -> None:
+        """Send CANCEL for a pending INVITE client transaction (§9.1)."""
+        if ctx.final:
+            return
+        if not ctx.provisional:
+            ctx.cancel_pending = True  # §9.1: not before a provisional response
+            return
+        cancel = make_cancel(ctx.request)
+        local = _Client(
+            txn=None,  # type: ignore[arg-type]
+            request=cancel,
+            server=None,
+            to_flow=ctx.to_flow,
+            member=ctx.member,
+        )
+        local.transport = ctx.transport
+        reliable = ctx.to_flow is not None or local.transport != "udp"
+        self._start_client(local, ctx.txn.key[0], reliable=reliable, now=now)
+
+    # ------------------------------------------------------- flow death
+
+    def _send_bye_for(self, dialog: Dialog, now: float) -> None:
+        """End a dialog toward the switch on the browser's behalf (§15.1.1)."""
+        member = self._member_for_routes(dialog.route_set, now)
+        if member is None:
+            return
+        headers_src = (
+            f"BYE {dialog.far_target} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {self.settings.sip_host}:{self.settings.sip_port};branch=z9hG4bKx\r\n"
+            f"Max-Forwards: {DEFAULT_MAX_FORWARDS}\r\n"
+            + "".join(f"Route: {r}\r\n" for r in dialog.route_set)
+            + f"From: {dialog.browser_header}\r\n"
+            f"To: {dialog.far_header}\r\n"
+            f"Call-ID: {dialog.call_id}\r\n"
+            f"CSeq: {dialog.browser_cseq + 1} BYE\r\n"
+            'Reason: SIP;cause=480;text="WebSocket closed"\r\n'
+            f"User-Agent: {self.settings.user_agent}\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        bye = parse(headers_src.encode())
+        assert isinstance(bye, Request)
+        bye.headers.pop_first("Via")
+        local = _Client(txn=None, request=bye, server=None)  # type: ignore[arg-type]
+        self._send_upstream(local, member, now)
+
+    # ----------------------------------------------------------- probes
+
+    def _send_probes(self, now: float) -> None:
+        for member in self.pool.members:
+            host = f"[{member.host}]" if ":" in member.host else member.host
+            text = (
+                f"OPTIONS sip:{host}:{member.port};transport={member.transport} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {self.settings.sip_host};branch=z9hG4bKx\r\n"
+                "Max-Forwards: 70\r\n"
+                f"From: <sip:ping@{self.settings.sip_host}>;tag={secrets.token_hex(6)}\r\n"
+                f"To: <sip:{host}:{member.port}>\r\n"
+                f"Call-ID: probe-{secrets.token_hex(8)}@{self.settings.sip_host}\r\n"
+                "CSeq: 1 OPTIONS\r\n"
+                f"User-Agent: {self.settings.user_agent}\r\n"
+                "Content-Length: 0\r\n\r\n"
+            )
+            req = parse(text.encode())
+            assert isinstance(req, Request)
+            req.headers.pop_first("Via")
+            ctx = _Client(txn=None, request=req, server=None, probe=True)  # type: ignore[arg-type]
+            ctx.tried = ()
+            self._send_upstream(ctx, member, now)
+
+    # --------------------------------------------------------- rewriting
+
+    def _prepare_register(self, flow: Flow, req: Request, transport: str) -> None:
+        """Path (RFC 3327 §5) or Contact rewriting, plus RFC 5626 bookkeeping."""
+        contacts = req.headers.get_all("Contact")
+        for value in contacts:
+            if value.strip() == "*":
+                continue
+            try:
+                na = parse_name_addr(value)
+            except ParseError:
+                continue
+            if na.param("+sip.instance") is not None:
+                flow.instance = na.param("+sip.instance")
+                flow.reg_id = na.param("reg-id")
+        if self.settings.mode == "path":
+            params = ";lr"
+            if _has_outbound(req):
+                params += ";ob"  # RFC 5626 §5.1: the edge proxy adds ;ob
+            # The switch reaches us over the transport of the pool member
+            # (a UDP member that needed TCP for one big request still uses UDP).
+            req.headers.prepend("Path", f"<sip:{flow.token}@{self._sip_hostport(transport)}{params}>")
+            supported = req.headers.get_all("Supported")
+            if "path" not in {s.strip().lower() for s in supported}:
+                req.headers.add("Supported", "path")
+            return
+        # contact-rewrite: the switch stores a Contact naming us; we keep the
+        # browser's own Contact on the flow to restore it on the way back.
+        rewritten: list[str] = []
+        for value in contacts:
+            if value.strip() == "*":
+                rewritten.append(value)
+                continue
+            try:
+                na = parse_name_addr(value)
+            except ParseError:
+                rewritten.append(value)
+                continue
+            flow.contacts[flow.token] = str(na.uri)
+            new_uri = SipURI.parse(f"sip:{flow.token}@{self._sip_hostport(transport)}")
+            rewritten.append(str(NameAddr(na.display, new_uri, na.params)))
+        if rewritten:
+            req.headers.remove("Contact")
+            for value in rewritten:
+                req.headers.add("Contact", value)
+
+    def _restore_register_contacts(self, flow: Flow, resp: Response) -> None:
+        if self.settings.mode != "contact-rewrite":
+            return
+        values = resp.headers.get_all("Contact")
+        if not values:
+            return
+        restored: list[str] = []
+        for value in values:
+            try:
+                na = parse_name_addr(value)
+            except ParseError:
+                restored.append(value)
+                continue
+            user = na.uri.user if isinstance(na.uri, SipURI) else None
+            original = flow.contacts.get(user or "")
+            if original is not None and self._is_own_uri(na.uri):
+                restored.append(str(NameAddr(na.display, SipURI.parse(original), na.params)))
+            else:
+                restored.append(value)
+        resp.headers.remove("Contact")
+        for value in restored:
+            resp.headers.add("Contact", value)
+
+    def _record_route(
+        self, req: Request, flow: Flow, *, toward_switch: bool, transport: str | None = None
+    ) -> None:
+        """RFC 5658 double Record-Route, both entries carrying the flow token.
+
+        The entry nearest the browser must be on top of the list the browser
+        sees in order, i.e. the WebSocket entry is pushed first when the
+        request travels toward the switch and last when it travels toward
+        the browser.
+        """
+        ws_entry = f"<sip:{flow.token}@{self.settings.ws_host};transport=ws;lr;r2=on>"
+        sip_entry = f"<sip:{flow.token}@{self._sip_hostport(transport or 'udp')};lr;r2=on>"
+        if toward_switch:
+            req.headers.prepend("Record-Route", ws_entry)
+            req.headers.prepend("Record-Route", sip_entry)
+        else:
+            req.headers.prepend("Record-Route", sip_entry)
+            req.headers.prepend("Record-Route", ws_entry)
+
+    def _pop_own_routes(self, req: Request) -> str | None:
+        """Remove our entries from the top of Route (§16.4); return the token seen."""
+        token: str | None = None
+        while True:
+            top = req.headers.get("Route")
+            if top is None:
+                return token
+            try:
+                na = parse_name_addr(top)
+            except ParseError:
+                return token
+            if not isinstance(na.uri, SipURI) or not self._is_own_uri(na.uri):
+                return token
+            req.headers.pop_first("Route")
+            if na.uri.user:
+                token = token or na.uri.user
+
+    def _token_from_ruri(self, req: Request) -> str | None:
+        try:
+            uri = SipURI.parse(req.uri)
+        except ParseError:
+            return None
+        return uri.user if self._is_own_uri(uri) else None
+
+    def _is_own_route(self, value: str) -> bool:
+        try:
+            na = parse_name_addr(value)
+        except ParseError:
+            return False
+        return isinstance(na.uri, SipURI) and self._is_own_uri(na.uri)
+
+    def _is_own_uri(self, uri: SipURI | str) -> bool:
+        if not isinstance(uri, SipURI):
+            return False
+        host = uri.host.strip("[]").lower()
+        s = self.settings
+        if host == s.ws_host.lower():
+            return True
+        if host != s.sip_host.strip("[]").lower():
+            return False
+        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        return port in (s.sip_port, s.sip_tls_port)
+
+    # ------------------------------------------------------------ helpers
+
+    def _member_for(self, req: Request, now: float) -> PoolMember | None:
+        """The pool member a browser request goes to: the one its Route names
+        if that is a member, else the first healthy one (never elsewhere)."""
+        return self._member_for_routes(req.headers.get_all("Route"), now)
+
+    def _member_for_routes(self, routes: list[str], now: float) -> PoolMember | None:
+        if routes:
+            try:
+                na = parse_name_addr(routes[0])
+            except ParseError:
+                na = None
+            if na is not None and isinstance(na.uri, SipURI):
+                member = self.pool.find(na.uri.host.strip("[]"), na.uri.port)
+                if member is None and na.uri.port is None:
+                    member = self.pool.find(na.uri.host.strip("[]"), None)
+                if member is not None:
+                    return member
+        return self.pool.pick(now)
+
+    def _check_max_forwards(self, sctx: _Server, now: float) -> bool:
+        req = sctx.request
+        value = req.headers.get("Max-Forwards")
+        if value is not None:
+            try:
+                hops = int(value.strip())
+            except ValueError:
+                self._answer(sctx, 400, now, warning="bad Max-Forwards")
+                return False
+            if hops <= 0:
+                self._answer(sctx, 483, now)  # §16.3 step 3
+                return False
+        return True
+
+    @staticmethod
+    def _decrement_max_forwards(req: Request) -> bool:
+        value = req.headers.get("Max-Forwards")
+        if value is None:
+            req.headers.set("Max-Forwards", str(DEFAULT_MAX_FORWARDS))
+            return True
+        try:
+            hops = int(value.strip())
+        except ValueError:
+            return False
+        if hops <= 0:
+            return False
+        req.headers.set("Max-Forwards", str(hops - 1))
+        return True
+
+    def _fix_top_via(
+        self, req: Request, host: str, port: int, *, only_if_needed: bool = False
+    ) -> None:
+        """RFC 3261 §18.2.1 received, RFC 3581 rport, on the top Via."""
+        raw = req.headers.get("Via")
+        if raw is None:
+            return
+        via = parse_via(raw)
+        if only_if_needed and via.host == host and via.rport is None:
+            return
+        via.set_param("received", host)
+        if via.rport is not None or not only_if_needed:
+            via.set_param("rport", str(port))
+        req.headers.pop_first("Via")
+        req.headers.prepend("Via", str(via))
+
+    def _answer(self, sctx: _Server, status: int, now: float, *, warning: str = "") -> None:
+        resp = make_response(
+            sctx.request,
+            status,
+            to_tag=None if status == 100 else secrets.token_hex(6),
+        )
+        if warning:
+            resp.headers.add("Warning", f'399 {self.settings.sip_host} "{warning}"')
+        if status >= 200:
+            resp.headers.add("Server", self.settings.user_agent)
+            sctx.final_sent = True
+        sctx.txn.send_response(resp, now)
+        self._pump_server(sctx, now)
+
+    def _parse_failed(
+        self,
+        side: str,
+        exc: ParseError,
+        *,
+        flow_id: int | None,
+        reply_to: tuple[str, int, str] | None,
+        now: float,
+    ) -> None:
+        self._drop(side, f"parse_{exc.status_hint or 'drop'}")
+        partial = getattr(exc, "partial", None)
+        if partial is None or not exc.status_hint or partial.method == "ACK":
+            return
+        resp = make_response(partial, exc.status_hint, to_tag=secrets.token_hex(6))
+        reason = exc.reason.replace('"', "'")[:200]
+        resp.headers.add("Warning", f'399 {self.settings.sip_host} "{reason}"')
+        data = bytes(resp)
+        if flow_id is not None:
+            self._actions.append(SendToFlow(flow_id, data))
+        elif reply_to is not None:
+            self._emit_upstream(*reply_to, data)
+
+    def _admit_call(self, sctx: _Server, now: float) -> bool:
+        """Admission control for a new INVITE: drain and the call cap."""
+        if self.draining:
+            self._answer(sctx, 503, now, warning="shutting down")
+            return False
+        if self._calls_in_use() >= self.settings.max_calls:
+            self._answer(sctx, 503, now, warning="call limit reached")
+            return False
+        return True
+
+    def _calls_in_use(self) -> int:
+        return len(self.dialogs) + self.pending_invites
+
+    def _sip_hostport(self, transport: str = "udp") -> str:
+        """Our switch-facing host:port as written in URIs, with a transport
+        parameter unless it is UDP (the default for sip: URIs)."""
+        s = self.settings
+        host = s.sip_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        if transport == "tls" and s.sip_tls_port:
+            return f"{host}:{s.sip_tls_port};transport=tls"
+        if transport == "tcp":
+            return f"{host}:{s.sip_port};transport=tcp"
+        return f"{host}:{s.sip_port}"
+
+    def _upstream_via(self, transport: str, branch: str) -> str:
+        s = self.settings
+        port = s.sip_tls_port if transport == "tls" and s.sip_tls_port else s.sip_port
+        host = s.sip_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"SIP/2.0/{transport.upper()} {host}:{port};branch={branch};rport"
+
+    def _ws_via(self, flow: Flow, branch: str) -> str:
+        transport = "WSS" if flow.secure else "WS"
+        return f"SIP/2.0/{transport} {self.settings.ws_host};branch={branch}"
+
+    def _new_branch(self) -> str:
+        return f"z9hG4bK{self._branch_prefix}{next(self._branch_seq):x}"
+
+    def _emit_upstream(self, host: str, port: int, transport: str, data: bytes) -> None:
+        self._actions.append(SendUpstream(host, port, transport, data))
+
+    def _push(self, when: float, kind: str, key: object) -> None:
+        heapq.heappush(self._timers, (when, next(self._seq), kind, key))
+
+    def _drop(self, side: str, reason: str) -> None:
+        self._actions.append(Dropped(side, reason))
+
+    def _note(self, kind: str, detail: str = "") -> None:
+        self._actions.append(Note(kind, detail))
+
+
+def _due(deadline: float | None, now: float) -> bool:
+    return deadline is not None and deadline <= now
+
+
+def _contact_uri(msg: Request | Response) -> str | None:
+    value = msg.headers.get("Contact")
+    if value is None:
+        return None
+    try:
+        return str(parse_name_addr(value).uri)
+    except ParseError:
+        return None
+
+
+def _uri_user(uri: str) -> str | None:
+    try:
+        return SipURI.parse(uri).user
+    except ParseError:
+        return None
+
+
+def _has_outbound(req: Request) -> bool:
+    """RFC 5626 §5.1: a REGISTER using outbound has reg-id on its Contact."""
+    for value in req.headers.get_all("Contact"):
+        if "reg-id" in value.lower():
+            return True
+    return False

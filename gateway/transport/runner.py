@@ -1,0 +1,143 @@
+"""Shuttles between the sockets and the sans-I/O proxy core.
+
+Every input (a WebSocket message, a datagram, a framed stream message, a
+closed connection, a timer) is fed to :class:`gateway.proxy.router.Proxy`
+with ``loop.time()``; then the actions it produced are carried out and the
+single timer is re-armed at the proxy's earliest deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+from gateway import metrics
+from gateway.proxy.router import Dropped, Note, Proxy, SendToFlow, SendUpstream, Seen
+
+__all__ = ["ProxyRunner"]
+
+log = logging.getLogger("gateway.proxy")
+trace_log = logging.getLogger("gateway.trace")
+
+
+class FlowSender(Protocol):
+    def send_to_flow(self, flow_id: int, data: bytes) -> bool: ...
+
+
+class UpstreamSender(Protocol):
+    def send(self, host: str, port: int, transport: str, data: bytes) -> None: ...
+
+
+class ProxyRunner:
+    """Owns the proxy core's clock and timer on the running loop."""
+
+    def __init__(self, proxy: Proxy, *, sip_trace: bool = False) -> None:
+        self.proxy = proxy
+        self.flows: FlowSender | None = None
+        self.upstream: UpstreamSender | None = None
+        self.sip_trace = sip_trace
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    # inputs --------------------------------------------------------------
+
+    def start(self) -> None:
+        self.proxy.start(self._loop.time())
+        self._flush()
+
+    def flow_opened(self, flow_id: int, host: str, port: int, *, secure: bool) -> None:
+        self.proxy.flow_opened(flow_id, host, port, secure=secure)
+        metrics.WS_CONNECTIONS.inc()
+
+    def flow_closed(self, flow_id: int) -> None:
+        self.proxy.flow_closed(flow_id, self._loop.time())
+        metrics.WS_CONNECTIONS.dec()
+        self._flush()
+
+    def from_flow(self, flow_id: int, data: bytes) -> None:
+        if self.sip_trace:
+            trace_log.info("< ws flow=%x\n%s", flow_id, data.decode("utf-8", "replace"))
+        self.proxy.receive_from_flow(flow_id, data, self._loop.time())
+        self._flush()
+
+    def from_upstream(self, data: bytes, host: str, port: int, transport: str) -> None:
+        if self.sip_trace:
+            trace_log.info("< %s %s:%d\n%s", transport, host, port, data.decode("utf-8", "replace"))
+        self.proxy.receive_from_upstream(data, host, port, transport, self._loop.time())
+        self._flush()
+
+    # outputs -------------------------------------------------------------
+
+    def _flush(self) -> None:
+        proxy = self.proxy
+        for action in proxy.actions():
+            if isinstance(action, SendToFlow):
+                if self.sip_trace:
+                    trace_log.info(
+                        "> ws flow=%x\n%s", action.flow_id, action.data.decode("utf-8", "replace")
+                    )
+                if self.flows is None or not self.flows.send_to_flow(action.flow_id, action.data):
+                    metrics.DROPPED.labels("ws", "flow_gone").inc()
+            elif isinstance(action, SendUpstream):
+                if self.sip_trace:
+                    trace_log.info(
+                        "> %s %s:%d\n%s",
+                        action.transport,
+                        action.host,
+                        action.port,
+                        action.data.decode("utf-8", "replace"),
+                    )
+                if self.upstream is not None:
+                    self.upstream.send(action.host, action.port, action.transport, action.data)
+            elif isinstance(action, Seen):
+                metrics.SIP_MESSAGES.labels(action.side, action.kind, action.label).inc()
+            elif isinstance(action, Dropped):
+                metrics.DROPPED.labels(action.side, action.reason).inc()
+                log.debug("x dropped side=%s reason=%s", action.side, action.reason)
+            elif isinstance(action, Note):
+                self._note(action)
+        metrics.DIALOGS.set(len(proxy.dialogs))
+        metrics.FLOWS.set(len(proxy.flows))
+        self._arm()
+
+    def _note(self, note: Note) -> None:
+        kind = note.kind
+        if kind == "failover":
+            metrics.UPSTREAM_FAILOVERS.inc()
+            log.warning("! upstream failover %s", note.detail)
+        elif kind == "upstream_down":
+            metrics.UPSTREAM_UP.labels(note.detail).set(0)
+            log.warning("! upstream down %s", note.detail)
+        elif kind == "upstream_up":
+            metrics.UPSTREAM_UP.labels(note.detail).set(1)
+            log.info("= upstream up %s", note.detail)
+        elif kind == "dialog_started":
+            metrics.DIALOG_EVENTS.labels("started", note.detail).inc()
+        elif kind == "dialog_ended":
+            metrics.DIALOG_EVENTS.labels("ended", note.detail).inc()
+            if note.detail == "flow_closed":
+                log.info("= dialog ended by WebSocket loss: BYE sent toward the switch")
+
+    def _arm(self) -> None:
+        when = self.proxy.get_timer()
+        if when is None:
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.proxy.handle_timer(self._loop.time())
+        self._flush()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
