@@ -35,6 +35,10 @@ DIALOGS = Gauge("gateway_dialogs", "Confirmed INVITE dialogs through the gateway
 DIALOG_EVENTS = Counter(
     "gateway_dialog_events_total", "Dialogs started and ended, by how", ["event", "how"]
 )
+SESSION_REFRESH_ABSORBED = Counter(
+    "gateway_session_refresh_absorbed_total",
+    "Browser session-timer UPDATEs answered by the gateway because the far side does not allow UPDATE",
+)
 UPSTREAM_UP = Gauge("gateway_upstream_up", "1 if the upstream server is healthy", ["server"])
 UPSTREAM_FAILOVERS = Counter(
     "gateway_upstream_failovers_total", "Requests moved to the next upstream server"

@@ -31,6 +31,8 @@ class Dialog:
     route_set: list[str] = field(default_factory=list)
     browser_cseq: int = 0
     created: float = 0.0
+    #: methods the far side listed in Allow (None: it sent no Allow)
+    far_allow: frozenset[str] | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -333,6 +333,8 @@ class Proxy:
             dialog = self.dialogs.find(fwd.call_id, fwd.from_tag, fwd.to_tag)
             if dialog is not None:
                 dialog.browser_cseq = max(dialog.browser_cseq, fwd.cseq[0])
+                if self._absorb_refresh(sctx, dialog, now):
+                    return
                 if fwd.method == "BYE":
                     self.dialogs.remove(dialog)
                     self._note("dialog_ended", "bye_from_browser")
@@ -646,6 +648,7 @@ class Proxy:
                             ],
                             browser_cseq=resp.cseq[0],
                             created=now,
+                            far_allow=_allow(resp),
                         )
                     )
                     self._note("dialog_started", "outbound")
@@ -679,6 +682,7 @@ class Proxy:
                                 if not self._is_own_route(r)
                             ],
                             created=now,
+                            far_allow=_allow(req),
                         )
                     )
                     self._note("dialog_started", "inbound")
@@ -717,6 +721,29 @@ class Proxy:
             old.failovers += 1
             self._note("failover", f"{old.name} -> {member.name}")
         self._send_upstream(ctx, member, now)
+        return True
+
+    def _absorb_refresh(self, sctx: _Server, dialog: Dialog, now: float) -> bool:
+        """Answer a browser's session-refresh UPDATE the far side cannot take.
+
+        JsSIP refreshes RFC 4028 session timers with a body-less UPDATE even
+        when the far side never agreed to timers; a switch that does not
+        allow UPDATE then answers 405/501 or nothing, and the browser ends
+        the call with 408 after ~90 s. Such a refresh changes nothing in the
+        session, so the gateway answers it itself (RFC 4028 §9 style: echo
+        Session-Expires) and the far side never sees it.
+        """
+        req = sctx.request
+        if req.method != "UPDATE" or req.body or dialog.far_allow is None:
+            return False
+        if "UPDATE" in dialog.far_allow:
+            return False
+        extra: list[tuple[str, str]] = []
+        expires = req.headers.get("Session-Expires")
+        if expires is not None:
+            extra = [("Session-Expires", expires), ("Require", "timer")]
+        self._answer(sctx, 200, now, extra=extra)
+        self._note("session_refresh_absorbed")
         return True
 
     # ----------------------------------------------------------- CANCEL
@@ -1001,12 +1028,22 @@ class Proxy:
         req.headers.pop_first("Via")
         req.headers.prepend("Via", str(via))
 
-    def _answer(self, sctx: _Server, status: int, now: float, *, warning: str = "") -> None:
+    def _answer(
+        self,
+        sctx: _Server,
+        status: int,
+        now: float,
+        *,
+        warning: str = "",
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
         resp = make_response(
             sctx.request,
             status,
             to_tag=None if status == 100 else secrets.token_hex(6),
         )
+        for name, value in extra or ():
+            resp.headers.add(name, value)
         if warning:
             resp.headers.add("Warning", f'399 {self.settings.sip_host} "{warning}"')
         if status >= 200:
@@ -1103,6 +1140,14 @@ def _contact_uri(msg: Request | Response) -> str | None:
         return str(parse_name_addr(value).uri)
     except ParseError:
         return None
+
+
+def _allow(msg: Request | Response) -> frozenset[str] | None:
+    """Methods in a message's Allow header(s); None when it has none."""
+    values = msg.headers.get_all("Allow")
+    if not values:
+        return None
+    return frozenset(m.strip().upper() for v in values for m in v.split(",") if m.strip())
 
 
 def _uri_user(uri: str) -> str | None:

@@ -113,6 +113,8 @@ class ProxyRunner:
         elif kind == "upstream_up":
             metrics.UPSTREAM_UP.labels(note.detail).set(1)
             log.info("= upstream up %s", note.detail)
+        elif kind == "session_refresh_absorbed":
+            metrics.SESSION_REFRESH_ABSORBED.inc()
         elif kind == "dialog_started":
             metrics.DIALOG_EVENTS.labels("started", note.detail).inc()
         elif kind == "dialog_ended":

@@ -1,0 +1,257 @@
+"""The gateway daemon between real browser SIP stacks and a real switch.
+
+JsSIP (on Node, tests/clients/jssip) plays the browser over WebSocket,
+Kamailio plays the switch (digest auth, registrar with Path, Record-Route),
+sipp plays far ends. Everything runs on loopback: Kamailio 127.0.0.1, the
+gateway 127.0.0.2, sipp 127.0.0.3.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from tests.helpers.gateway import GATEWAY_IP, GatewayProcess, free_port
+from tests.helpers.jssip import JsSipClient
+
+pytestmark = pytest.mark.integration
+
+REALM = "example.test"
+PASSWORDS = {"alice": "alicepw", "bob": "bobpw", "carol": "carolpw"}
+
+
+@pytest.fixture
+async def gateway(kamailio, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[GatewayProcess]:
+    params = getattr(request, "param", {}) or {}
+    upstream = params.get("upstream", kamailio.uri("udp"))
+    if upstream == "DEAD, LIVE":
+        upstream = f"sip:127.0.0.9:{free_port('127.0.0.9')};transport=udp, {kamailio.uri('udp')}"
+    gw = GatewayProcess(
+        tmp_path,
+        upstream=upstream,
+        mode=params.get("mode", "path"),
+        extra=params.get("extra", {}),
+    )
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        code = await gw.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print("---- gateway log (tail) ----\n" + gw.log_text()[-30000:])
+        assert code == 0, f"gateway exit code {code}\n{gw.log_text()[-5000:]}"
+        assert "Traceback" not in gw.log_text(), gw.log_text()[-8000:]
+
+
+async def browser(gw: GatewayProcess, user: str, *, url: str | None = None, **opts: object) -> JsSipClient:
+    client = await JsSipClient.start(
+        ws=url or gw.ws_url,
+        uri=f"sip:{user}@{REALM}",
+        password=PASSWORDS[user],
+        realm=REALM,
+        display_name=user.title(),
+        register=True,
+        **opts,
+    )
+    await client.wait_for("registered", timeout=10)
+    return client
+
+
+async def test_register_stores_gateway_path_at_switch(kamailio, gateway: GatewayProcess) -> None:
+    alice = await browser(gateway, "alice")
+    try:
+        locations = kamailio.locations(f"alice@{REALM}")
+        assert locations, "no binding at the registrar"
+        path = " ".join(str(loc.get("path", "")) for loc in locations)
+        # RFC 3327: the switch stored the gateway's Path, with the signed token
+        assert f"@{GATEWAY_IP}:{gateway.sip_port}" in path and ";lr" in path
+        # the digest challenge went through the gateway untouched
+        assert await gateway.metric(
+            "gateway_sip_messages_received_total", side="sip", kind="response", label="401"
+        ) >= 1
+    finally:
+        await alice.close()
+
+
+async def test_call_between_two_browsers_both_directions(gateway: GatewayProcess) -> None:
+    """alice -> gateway -> Kamailio -> (Path) -> gateway -> bob, and back."""
+    alice = await browser(gateway, "alice")
+    bob = await browser(gateway, "bob")
+    try:
+        await alice.send("call", target=f"sip:bob@{REALM}", headers=["X-Test: through"])
+        incoming = await bob.wait_for("newRTCSession", timeout=10)
+        assert incoming["direction"] == "incoming"
+        await bob.send("answer")
+        await alice.wait_for("confirmed", timeout=10)
+        await bob.wait_for("confirmed", timeout=10)
+        assert await gateway.metric("gateway_dialogs") == 2  # one per side of the gateway
+        await alice.send("hangup")
+        ended = await bob.wait_for("ended", timeout=10)
+        assert ended["originator"] == "remote"
+        await alice.wait_for("ended", timeout=10)
+        await asyncio.sleep(0.2)
+        assert await gateway.metric("gateway_dialogs") == 0
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_websocket_drop_mid_call_sends_bye(gateway: GatewayProcess) -> None:
+    alice = await browser(gateway, "alice")
+    bob = await browser(gateway, "bob")
+    try:
+        await alice.send("call", target=f"sip:bob@{REALM}")
+        await bob.wait_for("newRTCSession", timeout=10)
+        await bob.send("answer")
+        await bob.wait_for("confirmed", timeout=10)
+        await alice.wait_for("confirmed", timeout=10)
+        await alice.send("drop_ws")  # abrupt close, no close frame (1006)
+        ended = await bob.wait_for("ended", timeout=10)
+        assert ended["originator"] == "remote"
+        assert await gateway.metric("gateway_dialog_events_total", event="ended", how="flow_closed") >= 1
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_message_between_browsers_keeps_custom_headers(gateway: GatewayProcess) -> None:
+    alice = await browser(gateway, "alice")
+    bob = await browser(gateway, "bob")
+    try:
+        await alice.send("message", target=f"sip:bob@{REALM}", body="hello bob", headers=["X-Test: 42"])
+        msg = await bob.wait_for("newMessage", timeout=10, predicate=lambda e: e.get("direction") == "incoming")
+        assert msg["body"] == "hello bob"
+        assert "42" in str(msg.get("headers", msg))
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_request_to_unregistered_user_fails_cleanly(gateway: GatewayProcess) -> None:
+    alice = await browser(gateway, "alice")
+    try:
+        await alice.send("call", target=f"sip:carol@{REALM}")
+        failed = await alice.wait_for("failed", timeout=15)
+        assert failed["originator"] == "remote"
+    finally:
+        await alice.close()
+
+
+async def test_wss_with_self_signed_certificate(gateway: GatewayProcess) -> None:
+    alice = await browser(gateway, "alice", url=gateway.wss_url)
+    await alice.close()
+
+
+async def test_upgrade_without_sip_subprotocol_is_refused(gateway: GatewayProcess) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        async with websockets.connect(gateway.ws_url):
+            pass
+    assert info.value.response.status_code == 400
+    assert await gateway.metric("gateway_ws_rejected_total", reason="no_sip_subprotocol") == 1
+
+
+@pytest.mark.parametrize(
+    "gateway", [{"extra": {"security": {"allowed_origins": ["https://phone.example.test"]}}}], indirect=True
+)
+async def test_origin_allow_list(gateway: GatewayProcess) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        async with websockets.connect(gateway.ws_url, subprotocols=["sip"], origin="https://evil.example"):  # type: ignore[list-item,arg-type]
+            pass
+    assert info.value.response.status_code == 403
+    async with websockets.connect(
+        gateway.ws_url, subprotocols=["sip"], origin="https://phone.example.test"  # type: ignore[list-item,arg-type]
+    ) as ws:
+        await ws.send("\r\n\r\n")  # RFC 5626 keepalive ping
+        assert await asyncio.wait_for(ws.recv(), 5) == "\r\n"
+
+
+MALFORMED_INVITE = (
+    "INVITE sip:bob@example.test SIP/2.0\r\n"
+    "Via: SIP/2.0/WS abc.invalid;branch=z9hG4bKmal1\r\n"
+    "From: <sip:alice@example.test>;tag=1\r\n"
+    "To: <sip:bob@example.test>\r\n"
+    "Call-ID: malformed-1\r\n"
+    "CSeq: one INVITE\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+
+
+async def test_malformed_and_oversize_input_on_both_sides(kamailio, gateway: GatewayProcess) -> None:
+    async with websockets.connect(gateway.ws_url, subprotocols=["sip"]) as ws:  # type: ignore[list-item]
+        await ws.send(MALFORMED_INVITE)
+        reply = await asyncio.wait_for(ws.recv(), 5)
+        assert str(reply).startswith("SIP/2.0 400"), reply
+        await ws.send("\x00\x01garbage that is not SIP\r\n\r\n")
+        huge = MALFORMED_INVITE.replace("CSeq: one", "CSeq: 1").replace(
+            "Content-Length: 0\r\n\r\n", "Content-Length: 70000\r\n\r\n" + "x" * 70000
+        )
+        await ws.send(huge)
+        reply = await asyncio.wait_for(ws.recv(), 5)
+        assert str(reply).startswith("SIP/2.0 413"), str(reply)[:80]
+    # Switch side: garbage and a malformed request from the switch's own address get 400 or a
+    # drop; anything from another address is dropped unread.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(3)
+        s.sendto(b"\xff" * 300, (GATEWAY_IP, gateway.sip_port))
+        s.sendto(MALFORMED_INVITE.replace("SIP/2.0/WS abc.invalid", f"SIP/2.0/UDP 127.0.0.1:{s.getsockname()[1]}").encode(), (GATEWAY_IP, gateway.sip_port))
+        data, _ = s.recvfrom(65535)
+        assert data.startswith(b"SIP/2.0 400"), data[:80]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.3", 0))
+        s.sendto(b"OPTIONS sip:x SIP/2.0\r\n\r\n", (GATEWAY_IP, gateway.sip_port))
+    await asyncio.sleep(0.3)
+    assert await gateway.metric("gateway_sip_dropped_total", reason="source_not_allowed") >= 1
+    assert await gateway.metric("gateway_sip_dropped_total", side="ws") >= 2
+    # still serving
+    alice = await browser(gateway, "alice")
+    await alice.close()
+    assert gateway.alive()
+
+
+@pytest.mark.parametrize(
+    "gateway",
+    [
+        {
+            # The first switch is dead (nothing listens there); T1 is shortened so the
+            # transaction times out in 64*T1 = 3.2 s instead of 32 s.
+            "upstream": "DEAD, LIVE",
+            "extra": {"sip": {"t1": 0.05, "t2": 0.4}},
+        }
+    ],
+    indirect=True,
+)
+async def test_failover_to_second_switch(gateway: GatewayProcess) -> None:
+    alice = await JsSipClient.start(
+        ws=gateway.ws_url, uri=f"sip:alice@{REALM}", password="alicepw", realm=REALM, register=True
+    )
+    try:
+        await alice.wait_for("registered", timeout=20)
+        assert await gateway.metric("gateway_upstream_failovers_total") >= 1
+    finally:
+        await alice.close()
+
+
+@pytest.mark.parametrize("gateway", [{"mode": "contact-rewrite"}], indirect=True)
+async def test_contact_rewrite_mode_call(kamailio, gateway: GatewayProcess) -> None:
+    alice = await browser(gateway, "alice")
+    bob = await browser(gateway, "bob")
+    try:
+        locations = kamailio.locations(f"bob@{REALM}")
+        assert any(f"@{GATEWAY_IP}:{gateway.sip_port}" in str(loc.get("contact", "")) for loc in locations)
+        await alice.send("call", target=f"sip:bob@{REALM}")
+        await bob.wait_for("newRTCSession", timeout=10)
+        await bob.send("answer")
+        await alice.wait_for("confirmed", timeout=10)
+        await bob.send("hangup")
+        await alice.wait_for("ended", timeout=10)
+    finally:
+        await alice.close()
+        await bob.close()
