@@ -29,7 +29,9 @@ SIP_MESSAGES = Counter(
     ["side", "kind", "label"],
 )
 DROPPED = Counter(
-    "gateway_sip_dropped_total", "SIP input dropped or refused, by side and reason", ["side", "reason"]
+    "gateway_sip_dropped_total",
+    "SIP input dropped or refused, by side and reason",
+    ["side", "reason"],
 )
 DIALOGS = Gauge("gateway_dialogs", "Confirmed INVITE dialogs through the gateway")
 DIALOG_EVENTS = Counter(

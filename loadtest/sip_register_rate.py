@@ -123,7 +123,9 @@ async def _response(recv: Callable[[], Awaitable[bytes]], cseq: int) -> Response
             return msg
 
 
-async def run_via_gateway(gw: GatewayProcess, clients: int, seconds: float) -> tuple[int, float, list[float]]:
+async def run_via_gateway(
+    gw: GatewayProcess, clients: int, seconds: float
+) -> tuple[int, float, list[float]]:
     conns = [
         await websockets.connect(gw.ws_url, subprotocols=["sip"])  # type: ignore[list-item]
         for _ in range(clients)
@@ -222,7 +224,10 @@ async def main() -> None:
             upstream=kam.uri("udp"),
             extra={
                 "log": {"level": "warning", "sip_trace": False},
-                "security": {"max_requests_per_second_per_ip": 100000.0, "max_connections_per_ip": 10000},
+                "security": {
+                    "max_requests_per_second_per_ip": 100000.0,
+                    "max_connections_per_ip": 10000,
+                },
             },
         )
         try:
@@ -236,11 +241,19 @@ async def main() -> None:
             await gw.stop()
             await kam.stop()
     d_rate, g_rate = d_n / d_t, g_n / g_t
-    print(f"REGISTER with digest auth, {args.clients} concurrent clients, {args.seconds:.0f} s each, loopback, 2-core machine")
+    print(
+        f"REGISTER with digest auth, {args.clients} concurrent clients, {args.seconds:.0f} s each, loopback, 2-core machine"
+    )
     print(f"{'path':<34}{'reg/s':>10}{'SIP tx/s':>10}{'p50 ms':>9}{'p99 ms':>9}")
-    print(f"{'client -> Kamailio (UDP)':<34}{d_rate:>10.0f}{2 * d_rate:>10.0f}{_pct(d_lat, .5):>9.2f}{_pct(d_lat, .99):>9.2f}")
-    print(f"{'client -> gateway (WS) -> Kamailio':<34}{g_rate:>10.0f}{2 * g_rate:>10.0f}{_pct(g_lat, .5):>9.2f}{_pct(g_lat, .99):>9.2f}")
-    print(f"ratio gateway/direct: {g_rate / d_rate:.2f}  (mean latency {statistics.mean(g_lat) * 1000:.2f} ms vs {statistics.mean(d_lat) * 1000:.2f} ms)")
+    print(
+        f"{'client -> Kamailio (UDP)':<34}{d_rate:>10.0f}{2 * d_rate:>10.0f}{_pct(d_lat, 0.5):>9.2f}{_pct(d_lat, 0.99):>9.2f}"
+    )
+    print(
+        f"{'client -> gateway (WS) -> Kamailio':<34}{g_rate:>10.0f}{2 * g_rate:>10.0f}{_pct(g_lat, 0.5):>9.2f}{_pct(g_lat, 0.99):>9.2f}"
+    )
+    print(
+        f"ratio gateway/direct: {g_rate / d_rate:.2f}  (mean latency {statistics.mean(g_lat) * 1000:.2f} ms vs {statistics.mean(d_lat) * 1000:.2f} ms)"
+    )
 
 
 if __name__ == "__main__":

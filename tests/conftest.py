@@ -13,7 +13,9 @@ import pytest
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, None, None]:
     # Let fixtures see whether the test body failed (rep_setup, rep_call,
     # rep_teardown), so they can print the daemon's log only when it matters.
     outcome = yield

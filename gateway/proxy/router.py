@@ -852,7 +852,9 @@ class Proxy:
                 params += ";ob"  # RFC 5626 §5.1: the edge proxy adds ;ob
             # The switch reaches us over the transport of the pool member
             # (a UDP member that needed TCP for one big request still uses UDP).
-            req.headers.prepend("Path", f"<sip:{flow.token}@{self._sip_hostport(transport)}{params}>")
+            req.headers.prepend(
+                "Path", f"<sip:{flow.token}@{self._sip_hostport(transport)}{params}>"
+            )
             supported = req.headers.get_all("Supported")
             if "path" not in {s.strip().lower() for s in supported}:
                 req.headers.add("Supported", "path")

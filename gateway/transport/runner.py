@@ -13,7 +13,7 @@ import logging
 from typing import Protocol
 
 from gateway import metrics
-from gateway.proxy.router import Dropped, Note, Proxy, SendToFlow, SendUpstream, Seen
+from gateway.proxy.router import Dropped, Note, Proxy, Seen, SendToFlow, SendUpstream
 
 __all__ = ["ProxyRunner"]
 

@@ -17,7 +17,7 @@ class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, owner: SipUdpListener) -> None:
         self.owner = owner
 
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.owner._received(data, addr)
 
     def error_received(self, exc: Exception) -> None:

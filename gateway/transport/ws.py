@@ -160,7 +160,9 @@ class WsListener:
         protocols = {p.strip().lower() for value in offered for p in value.split(",")}
         if "sip" not in protocols:
             metrics.WS_REJECTED.labels("no_sip_subprotocol").inc()
-            return connection.respond(400, "The 'sip' WebSocket subprotocol is required (RFC 7118)\n")
+            return connection.respond(
+                400, "The 'sip' WebSocket subprotocol is required (RFC 7118)\n"
+            )
         if self.allowed_origins:
             origin = request.headers.get("Origin")
             if origin not in self.allowed_origins:

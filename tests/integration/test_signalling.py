@@ -27,7 +27,9 @@ PASSWORDS = {"alice": "alicepw", "bob": "bobpw", "carol": "carolpw"}
 
 
 @pytest.fixture
-async def gateway(kamailio, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[GatewayProcess]:
+async def gateway(
+    kamailio, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[GatewayProcess]:
     params = getattr(request, "param", {}) or {}
     upstream = params.get("upstream", kamailio.uri("udp"))
     if upstream == "DEAD, LIVE":
@@ -50,7 +52,9 @@ async def gateway(kamailio, tmp_path: Path, request: pytest.FixtureRequest) -> A
         assert "Traceback" not in gw.log_text(), gw.log_text()[-8000:]
 
 
-async def browser(gw: GatewayProcess, user: str, *, url: str | None = None, **opts: object) -> JsSipClient:
+async def browser(
+    gw: GatewayProcess, user: str, *, url: str | None = None, **opts: object
+) -> JsSipClient:
     client = await JsSipClient.start(
         ws=url or gw.ws_url,
         uri=f"sip:{user}@{REALM}",
@@ -73,9 +77,12 @@ async def test_register_stores_gateway_path_at_switch(kamailio, gateway: Gateway
         # RFC 3327: the switch stored the gateway's Path, with the signed token
         assert f"@{GATEWAY_IP}:{gateway.sip_port}" in path and ";lr" in path
         # the digest challenge went through the gateway untouched
-        assert await gateway.metric(
-            "gateway_sip_messages_received_total", side="sip", kind="response", label="401"
-        ) >= 1
+        assert (
+            await gateway.metric(
+                "gateway_sip_messages_received_total", side="sip", kind="response", label="401"
+            )
+            >= 1
+        )
     finally:
         await alice.close()
 
@@ -115,7 +122,10 @@ async def test_websocket_drop_mid_call_sends_bye(gateway: GatewayProcess) -> Non
         await alice.send("drop_ws")  # abrupt close, no close frame (1006)
         ended = await bob.wait_for("ended", timeout=10)
         assert ended["originator"] == "remote"
-        assert await gateway.metric("gateway_dialog_events_total", event="ended", how="flow_closed") >= 1
+        assert (
+            await gateway.metric("gateway_dialog_events_total", event="ended", how="flow_closed")
+            >= 1
+        )
     finally:
         await alice.close()
         await bob.close()
@@ -125,8 +135,12 @@ async def test_message_between_browsers_keeps_custom_headers(gateway: GatewayPro
     alice = await browser(gateway, "alice")
     bob = await browser(gateway, "bob")
     try:
-        await alice.send("message", target=f"sip:bob@{REALM}", body="hello bob", headers=["X-Test: 42"])
-        msg = await bob.wait_for("newMessage", timeout=10, predicate=lambda e: e.get("direction") == "incoming")
+        await alice.send(
+            "message", target=f"sip:bob@{REALM}", body="hello bob", headers=["X-Test: 42"]
+        )
+        msg = await bob.wait_for(
+            "newMessage", timeout=10, predicate=lambda e: e.get("direction") == "incoming"
+        )
         assert msg["body"] == "hello bob"
         assert "42" in str(msg.get("headers", msg))
     finally:
@@ -158,15 +172,21 @@ async def test_upgrade_without_sip_subprotocol_is_refused(gateway: GatewayProces
 
 
 @pytest.mark.parametrize(
-    "gateway", [{"extra": {"security": {"allowed_origins": ["https://phone.example.test"]}}}], indirect=True
+    "gateway",
+    [{"extra": {"security": {"allowed_origins": ["https://phone.example.test"]}}}],
+    indirect=True,
 )
 async def test_origin_allow_list(gateway: GatewayProcess) -> None:
     with pytest.raises(InvalidStatus) as info:
-        async with websockets.connect(gateway.ws_url, subprotocols=["sip"], origin="https://evil.example"):  # type: ignore[list-item,arg-type]
+        async with websockets.connect(
+            gateway.ws_url, subprotocols=["sip"], origin="https://evil.example"
+        ):  # type: ignore[list-item,arg-type]
             pass
     assert info.value.response.status_code == 403
     async with websockets.connect(
-        gateway.ws_url, subprotocols=["sip"], origin="https://phone.example.test"  # type: ignore[list-item,arg-type]
+        gateway.ws_url,
+        subprotocols=["sip"],
+        origin="https://phone.example.test",  # type: ignore[list-item,arg-type]
     ) as ws:
         await ws.send("\r\n\r\n")  # RFC 5626 keepalive ping
         assert await asyncio.wait_for(ws.recv(), 5) == "\r\n"
@@ -183,7 +203,9 @@ MALFORMED_INVITE = (
 )
 
 
-async def test_malformed_and_oversize_input_on_both_sides(kamailio, gateway: GatewayProcess) -> None:
+async def test_malformed_and_oversize_input_on_both_sides(
+    kamailio, gateway: GatewayProcess
+) -> None:
     async with websockets.connect(gateway.ws_url, subprotocols=["sip"]) as ws:  # type: ignore[list-item]
         await ws.send(MALFORMED_INVITE)
         reply = await asyncio.wait_for(ws.recv(), 5)
@@ -201,7 +223,12 @@ async def test_malformed_and_oversize_input_on_both_sides(kamailio, gateway: Gat
         s.bind(("127.0.0.1", 0))
         s.settimeout(3)
         s.sendto(b"\xff" * 300, (GATEWAY_IP, gateway.sip_port))
-        s.sendto(MALFORMED_INVITE.replace("SIP/2.0/WS abc.invalid", f"SIP/2.0/UDP 127.0.0.1:{s.getsockname()[1]}").encode(), (GATEWAY_IP, gateway.sip_port))
+        s.sendto(
+            MALFORMED_INVITE.replace(
+                "SIP/2.0/WS abc.invalid", f"SIP/2.0/UDP 127.0.0.1:{s.getsockname()[1]}"
+            ).encode(),
+            (GATEWAY_IP, gateway.sip_port),
+        )
         data, _ = s.recvfrom(65535)
         assert data.startswith(b"SIP/2.0 400"), data[:80]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -245,7 +272,9 @@ async def test_contact_rewrite_mode_call(kamailio, gateway: GatewayProcess) -> N
     bob = await browser(gateway, "bob")
     try:
         locations = kamailio.locations(f"bob@{REALM}")
-        assert any(f"@{GATEWAY_IP}:{gateway.sip_port}" in str(loc.get("contact", "")) for loc in locations)
+        assert any(
+            f"@{GATEWAY_IP}:{gateway.sip_port}" in str(loc.get("contact", "")) for loc in locations
+        )
         await alice.send("call", target=f"sip:bob@{REALM}")
         await bob.wait_for("newRTCSession", timeout=10)
         await bob.send("answer")

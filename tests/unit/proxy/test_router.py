@@ -28,8 +28,7 @@ FLOW = 0x1234567890ABCDEF
 
 
 def crlf(text: str) -> bytes:
-    lines = text.strip("\n").split("\n")
-    head, _, body = "\n".join(lines).partition("\n\n")
+    head, _, body = text.lstrip("\n").partition("\n\n")
     raw = head.replace("\n", "\r\n") + "\r\n\r\n" + body.replace("\n", "\r\n")
     return raw.encode()
 
@@ -37,7 +36,11 @@ def crlf(text: str) -> bytes:
 def make_proxy(mode: str = "path", members: tuple = (SW1,), **kw: object) -> Proxy:
     pool = UpstreamPool([PoolMember(h, p, t, f"sip:{h}:{p};transport={t}") for h, p, t in members])
     settings = ProxySettings(
-        sip_host="127.0.0.2", sip_port=5062, mode=mode, probe_interval=0, **kw  # type: ignore[arg-type]
+        sip_host="127.0.0.2",
+        sip_port=5062,
+        mode=mode,
+        probe_interval=0,
+        **kw,  # type: ignore[arg-type]
     )
     proxy = Proxy(settings, pool, FlowTable(FlowTokenSigner(b"s" * 32)))
     proxy.flow_opened(FLOW, "192.0.2.10", 50123, secure=True)
@@ -91,7 +94,9 @@ Content-Length: 0
 """
 
 
-def upstream_reply(req: Request, status: int, reason: str, extra: str = "", body: str = "") -> bytes:
+def upstream_reply(
+    req: Request, status: int, reason: str, extra: str = "", body: str = ""
+) -> bytes:
     """A switch's response to a request the gateway forwarded (all Vias copied)."""
     vias = "".join(f"Via: {v}\n" for v in req.headers.get_all("Via"))
     to = req.headers.get("To") or ""
@@ -131,8 +136,12 @@ def test_register_gets_path_with_signed_token_and_via_fix() -> None:
 
     # 401 back to the browser, our Via removed, nothing else touched
     proxy.receive_from_upstream(
-        upstream_reply(req, 401, "Unauthorized", 'WWW-Authenticate: Digest realm="example.test", nonce="abc"\n'),
-        *SW1[:2], "udp", clock.now,
+        upstream_reply(
+            req, 401, "Unauthorized", 'WWW-Authenticate: Digest realm="example.test", nonce="abc"\n'
+        ),
+        *SW1[:2],
+        "udp",
+        clock.now,
     )
     (resp,) = responses_to_flow(proxy.actions())
     assert resp.status == 401
@@ -144,7 +153,9 @@ def test_register_200_gets_flow_timer_when_outbound() -> None:
     proxy = make_proxy(flow_timer=110)
     proxy.receive_from_flow(FLOW, crlf(REGISTER), 0.0)
     _, req = only_request(proxy.actions())
-    proxy.receive_from_upstream(upstream_reply(req, 200, "OK", "Require: outbound\n"), *SW1[:2], "udp", 0.1)
+    proxy.receive_from_upstream(
+        upstream_reply(req, 200, "OK", "Require: outbound\n"), *SW1[:2], "udp", 0.1
+    )
     (resp,) = responses_to_flow(proxy.actions())
     assert resp.status == 200 and resp.headers.get("Flow-Timer") == "110"
 
@@ -159,7 +170,7 @@ CSeq: 7 INVITE
 Contact: <sip:alice@example.test;gr=urn:uuid:0d2c1c36-5e25-4c46-a3a8-8c7ca0fd43c3;ob>
 X-Test: kept
 Content-Type: application/sdp
-Content-Length: 4
+Content-Length: 5
 
 v=0
 """
@@ -174,7 +185,9 @@ def start_call(proxy: Proxy, clock: Clock) -> tuple[Request, Response]:
     kamailio_rr = "Record-Route: <sip:127.0.0.1:5070;lr>\n"
     rrs = kamailio_rr + "".join(f"Record-Route: {r}\n" for r in req.headers.get_all("Record-Route"))
     clock.now += 0.1
-    proxy.receive_from_upstream(upstream_reply(req, 180, "Ringing", rrs), *SW1[:2], "udp", clock.now)
+    proxy.receive_from_upstream(
+        upstream_reply(req, 180, "Ringing", rrs), *SW1[:2], "udp", clock.now
+    )
     (ringing,) = responses_to_flow(proxy.actions())
     assert ringing.status == 180
     clock.now += 0.1
@@ -322,7 +335,9 @@ Content-Length: 0
 
 def test_no_open_relay_requests_go_only_to_the_pool() -> None:
     proxy = make_proxy()
-    text = INVITE.replace("Max-Forwards: 70\n", "Max-Forwards: 70\nRoute: <sip:198.51.100.66:5060;lr>\n")
+    text = INVITE.replace(
+        "Max-Forwards: 70\n", "Max-Forwards: 70\nRoute: <sip:198.51.100.66:5060;lr>\n"
+    )
     proxy.receive_from_flow(FLOW, crlf(text), 0.0)
     out, req = only_request(proxy.actions())
     assert (out.host, out.port) == SW1[:2]
@@ -352,12 +367,18 @@ def test_failover_on_timeout_then_on_503() -> None:
     assert [(u.host, u.port) for u in ups] == [SW2[:2]]
     assert Note("upstream_down", "sip:127.0.0.1:5070;transport=udp") in actions
     # New requests now go to the healthy second server first.
-    proxy.receive_from_flow(FLOW, crlf(REGISTER.replace("z9hG4bK5552001", "z9hG4bK5552002").replace("CSeq: 1", "CSeq: 2")), clock.now)
+    proxy.receive_from_flow(
+        FLOW,
+        crlf(REGISTER.replace("z9hG4bK5552001", "z9hG4bK5552002").replace("CSeq: 1", "CSeq: 2")),
+        clock.now,
+    )
     out, req = only_request(proxy.actions())
     assert (out.host, out.port) == SW2[:2]
     # 503 from it: failover back to the first (its retry time has not passed, but
     # a pool with nothing healthy left still tries the untried member).
-    proxy.receive_from_upstream(upstream_reply(req, 503, "Service Unavailable"), *SW2[:2], "udp", clock.now)
+    proxy.receive_from_upstream(
+        upstream_reply(req, 503, "Service Unavailable"), *SW2[:2], "udp", clock.now
+    )
     out2, _ = only_request(proxy.actions())
     assert (out2.host, out2.port) == SW1[:2]
 
@@ -389,8 +410,13 @@ Content-Length: 0
     assert [r.status for r in responses_to_flow(actions)] == [180]
     _, up_cancel = only_request(actions)
     assert up_cancel.method == "CANCEL"
-    assert parse_via(up_cancel.headers.get("Via") or "").branch == parse_via(req.headers.get("Via") or "").branch
-    proxy.receive_from_upstream(upstream_reply(req, 487, "Request Terminated"), *SW1[:2], "udp", clock.now)
+    assert (
+        parse_via(up_cancel.headers.get("Via") or "").branch
+        == parse_via(req.headers.get("Via") or "").branch
+    )
+    proxy.receive_from_upstream(
+        upstream_reply(req, 487, "Request Terminated"), *SW1[:2], "udp", clock.now
+    )
     actions = proxy.actions()
     assert [r.status for r in responses_to_flow(actions)] == [487]
     # the gateway ACKs the 487 itself, hop by hop (§17.1.1.3)
@@ -402,12 +428,18 @@ Content-Length: 0
 @pytest.mark.parametrize(
     "data, status",
     [
-        (b"INVITE sip:x@example.test SIP/2.0\r\nVia: SIP/2.0/WSS a.invalid;branch=z9hG4bK1\r\n"
-         b"From: <sip:a@example.test>;tag=1\r\nTo: <sip:x@example.test>\r\nCall-ID: c\r\n"
-         b"CSeq: 1 INVITE\r\nMax-Forwards: 0\r\nContent-Length: 0\r\n\r\n", 483),
-        (b"INVITE sip:x@example.test SIP/2.0\r\nVia: SIP/2.0/WSS a.invalid;branch=z9hG4bK1\r\n"
-         b"From: <sip:a@example.test>;tag=1\r\nTo: <sip:x@example.test>\r\nCall-ID: c\r\n"
-         b"CSeq: nine INVITE\r\nContent-Length: 0\r\n\r\n", 400),
+        (
+            b"INVITE sip:x@example.test SIP/2.0\r\nVia: SIP/2.0/WSS a.invalid;branch=z9hG4bK1\r\n"
+            b"From: <sip:a@example.test>;tag=1\r\nTo: <sip:x@example.test>\r\nCall-ID: c\r\n"
+            b"CSeq: 1 INVITE\r\nMax-Forwards: 0\r\nContent-Length: 0\r\n\r\n",
+            483,
+        ),
+        (
+            b"INVITE sip:x@example.test SIP/2.0\r\nVia: SIP/2.0/WSS a.invalid;branch=z9hG4bK1\r\n"
+            b"From: <sip:a@example.test>;tag=1\r\nTo: <sip:x@example.test>\r\nCall-ID: c\r\n"
+            b"CSeq: nine INVITE\r\nContent-Length: 0\r\n\r\n",
+            400,
+        ),
     ],
 )
 def test_bad_requests_are_answered(data: bytes, status: int) -> None:
@@ -415,8 +447,9 @@ def test_bad_requests_are_answered(data: bytes, status: int) -> None:
     proxy.receive_from_flow(FLOW, data, 0.0)
     actions = proxy.actions()
     assert not sent_upstream(actions)
-    statuses = [r.status for r in responses_to_flow(actions)]
-    assert statuses[-1] == status or (status == 400 and not statuses and any(isinstance(a, Dropped) for a in actions))
+    # the answer copies the request's (possibly broken) headers: read its status line only
+    replies = [a.data for a in sent_flow(actions)]
+    assert replies and replies[-1].startswith(f"SIP/2.0 {status} ".encode()), replies
 
 
 def test_garbage_is_dropped_and_counted() -> None:
@@ -481,7 +514,10 @@ def test_large_udp_request_goes_over_tcp() -> None:
     """RFC 3261 §18.1.1: over 1300 bytes (or the configured MTU) -> TCP."""
     proxy = make_proxy(udp_mtu=1300)
     body = "v=0\n" + "a=x-filler:" + "y" * 1500 + "\n"
-    text = INVITE.replace("Content-Length: 4\n\nv=0\n", f"Content-Length: {len(body.replace(chr(10), chr(13) + chr(10)))}\n\n{body}")
+    text = INVITE.replace(
+        "Content-Length: 5\n\nv=0\n",
+        f"Content-Length: {len(body.replace(chr(10), chr(13) + chr(10)))}\n\n{body}",
+    )
     proxy.receive_from_flow(FLOW, crlf(text), 0.0)
     out, req = only_request(proxy.actions())
     assert out.transport == "tcp"
