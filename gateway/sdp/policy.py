@@ -78,7 +78,9 @@ def choose(
     """Decide passthrough vs transcode for ``offer_codecs`` against the codecs the other
     side supports, after applying ``strip`` and ``priority`` to the offer."""
     offered = [c for c in apply(offer_codecs, priority, strip) if c.name.lower() not in NON_AUDIO]
-    other = [c for c in apply(supported_other_side, priority, ()) if c.name.lower() not in NON_AUDIO]
+    other = [
+        c for c in apply(supported_other_side, priority, ()) if c.name.lower() not in NON_AUDIO
+    ]
     for codec in offered:
         if any(codec.same_format(o) for o in other):
             return Decision("passthrough", codec=codec)

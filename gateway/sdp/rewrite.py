@@ -372,11 +372,12 @@ def to_webrtc(
     m-lines and mids, numbers codecs as the offer did and keeps only offered ones,
     makes the direction compatible (RFC 3264 §6.1) and answers telephone-event at the
     rates the browser offered. Without it (the gateway offers), m-lines follow ``sdp``.
-    ``mid`` overrides the audio stream's mid (default: the offer's, else "0")."""
+    ``mid`` overrides the audio stream's mid (default: the offer's; "0" when offering).
+    An answer to an offer without mids carries no mid and no BUNDLE group."""
     if setup not in _SETUP_ARGS:
         raise ValueError(f"setup must be actpass, passive or active, not {setup!r}")
     fingerprint = _check_fingerprint(fingerprint)
-    _, audio = first_audio(sdp, accepted=False)
+    plain_index, audio = first_audio(sdp, accepted=False)
     source = list(codecs) if codecs is not None else codecs_of(audio)
     direction = _effective_direction(sdp, audio)
     accepted = audio.port != 0
@@ -385,13 +386,15 @@ def to_webrtc(
     if offer is not None:
         offer_index, offer_audio = first_audio(offer)
         offered = codecs_of(offer_audio)
-        layout = [(m.kind, m.proto, m.formats, m.mid, m) for m in offer.media]
+        layout: list[tuple[str, str, list[str], str | None, MediaDescription]] = [
+            (m.kind, m.proto, m.formats, m.mid, m) for m in offer.media
+        ]
         audio_index = offer_index
         audio_mid = mid if mid is not None else offer_audio.mid
         direction = _answer_direction(direction, offer.direction(offer_audio))
     else:
         layout = [(m.kind, m.proto, m.formats, None, m) for m in sdp.media]
-        audio_index = sdp.media.index(audio)
+        audio_index = plain_index
         audio_mid = mid if mid is not None else "0"
 
     media_codecs = [c for c in source if not c.is_telephone_event]
@@ -427,7 +430,7 @@ def to_webrtc(
         "fingerprint": fingerprint,
         "setup": setup,
     }
-    used_mids = {audio_mid}
+    used_mids = {audio_mid} if audio_mid is not None else set()
     for i, (kind, proto, formats, their_mid, template) in enumerate(layout):
         if i == audio_index:
             m = MediaDescription(
@@ -438,7 +441,8 @@ def to_webrtc(
                 connection=Connection.for_address(address),
             )
             _transport_attributes(m, **transport)
-            m.add_attribute("mid", audio_mid)
+            if audio_mid is not None:
+                m.add_attribute("mid", audio_mid)
             m.add_attribute(direction if accepted else "inactive")
             m.add_attribute("rtcp-mux")
             _add_rtp_attributes(m, chosen)
@@ -466,12 +470,14 @@ def to_webrtc(
         rejected = _rejected(kind, WEBRTC_PROTO if rtp else proto, formats)
         rejected.connection = Connection.for_address(address)
         _transport_attributes(rejected, **transport)
-        if their_mid is None:
+        if their_mid is None and offer is None:
             their_mid = str(i)
             while their_mid in used_mids:
                 their_mid += "x"
-        used_mids.add(their_mid)
-        rejected.add_attribute("mid", their_mid)
+        if their_mid is not None:
+            # RFC 5888 §9.1: an answer echoes the offer's mids, and only when it has them.
+            used_mids.add(their_mid)
+            rejected.add_attribute("mid", their_mid)
         if rtp:
             rejected.add_attribute("inactive")
             rejected.add_attribute("rtcp-mux")
@@ -482,7 +488,7 @@ def to_webrtc(
             if declined is not None:
                 rejected.add_attribute("rtpmap", f"{pt} {declined.rtpmap}")
         out.media.append(rejected)
-    if accepted:
+    if accepted and audio_mid is not None:
         out.attributes.append(Attribute("group", f"BUNDLE {audio_mid}"))
     return out
 

@@ -90,7 +90,10 @@ def test_structure_of_chrome_offer() -> None:
         ("v=0\r\ns=-\r\nt=0 0\r\n", "missing o= line"),
         ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\nt=0 0\r\n", "missing s= line"),
         ("v=0\r\no=- 1 1 IN IP4\r\ns=-\r\n", "line 2: bad o= line"),
-        ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\no=- 1 1 IN IP4 127.0.0.1\r\n", "line 3: duplicate 'o=' line"),
+        (
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\no=- 1 1 IN IP4 127.0.0.1\r\n",
+            "line 3: duplicate 'o=' line",
+        ),
         (MINIMAL + "x=1\r\n", "line 5: unknown line type 'x'"),
         (MINIMAL + "a\r\n", "line 5: not a 'x=value' line"),
         (MINIMAL + "a =x\r\n", "line 5: not a 'x=value' line"),
@@ -102,7 +105,10 @@ def test_structure_of_chrome_offer() -> None:
         (MINIMAL + "b=AS\r\n", "line 5: bad b= line"),
         (MINIMAL + "b=AS:x\r\n", "line 5: bad b= line"),
         (MINIMAL + "t=now 0\r\n", "line 5: bad t= line"),
-        ("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nr=7d 1h 0 25h\r\n", "line 4: r= line without t= line"),
+        (
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nr=7d 1h 0 25h\r\n",
+            "line 4: r= line without t= line",
+        ),
         (MINIMAL + "m=audio 4000 RTP/AVP\r\n", "line 5: bad m= line"),
         (MINIMAL + "m=audio  4000 RTP/AVP 0\r\n", "line 5: bad m= line"),
         (MINIMAL + "m=audio\r\n", "line 5: bad m= line"),
@@ -111,12 +117,27 @@ def test_structure_of_chrome_offer() -> None:
         (MINIMAL + "m=audio -1 RTP/AVP 0\r\n", "line 5: bad port in m= line: '-1'"),
         (MINIMAL + "m=audio 4000/0 RTP/AVP 0\r\n", "line 5: bad port in m= line: '4000/0'"),
         (MINIMAL + "m=audio 4000/ RTP/AVP 0\r\n", "line 5: bad port in m= line: '4000/'"),
-        (MINIMAL + "m=audio 4000 RTP/AVP 0 PCMU\r\n", "line 5: non-numeric payload type 'PCMU' in m= line"),
-        (MINIMAL + "m=audio 4000 UDP/TLS/RTP/SAVPF 1x1\r\n", "line 5: non-numeric payload type '1x1' in m= line"),
-        (MINIMAL + "m=audio 4000 RTP/AVP 128\r\n", "line 5: payload type 128 out of range in m= line"),
-        (MINIMAL + AUDIO + "o=- 1 1 IN IP4 1.2.3.4\r\n", "line 6: 'o=' line not allowed in a media section"),
+        (
+            MINIMAL + "m=audio 4000 RTP/AVP 0 PCMU\r\n",
+            "line 5: non-numeric payload type 'PCMU' in m= line",
+        ),
+        (
+            MINIMAL + "m=audio 4000 UDP/TLS/RTP/SAVPF 1x1\r\n",
+            "line 5: non-numeric payload type '1x1' in m= line",
+        ),
+        (
+            MINIMAL + "m=audio 4000 RTP/AVP 128\r\n",
+            "line 5: payload type 128 out of range in m= line",
+        ),
+        (
+            MINIMAL + AUDIO + "o=- 1 1 IN IP4 1.2.3.4\r\n",
+            "line 6: 'o=' line not allowed in a media section",
+        ),
         (MINIMAL + AUDIO + "t=0 0\r\n", "line 6: 't=' line not allowed in a media section"),
-        (MINIMAL + AUDIO + "c=IN IP4 1.2.3.4\r\nc=IN IP4 1.2.3.5\r\n", "line 7: more than one c= line in media section"),
+        (
+            MINIMAL + AUDIO + "c=IN IP4 1.2.3.4\r\nc=IN IP4 1.2.3.5\r\n",
+            "line 7: more than one c= line in media section",
+        ),
         (MINIMAL + AUDIO + "i=a\r\ni=b\r\n", "line 7: duplicate 'i=' line"),
         (MINIMAL + AUDIO + "b=TIAS\r\n", "line 6: bad b= line"),
         (b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=\xff\r\n", "SDP is not valid UTF-8"),
@@ -147,7 +168,9 @@ def test_size_limit_is_exact() -> None:
     assert len(at_limit) == MAX_SDP_SIZE
     assert len(parse(at_limit).media[0].attributes) > 60
     over = at_limit + "a=z\r\n"
-    with pytest.raises(SdpError, match=rf"^SDP too large: {MAX_SDP_SIZE + 5} bytes \(limit 65536\)$"):
+    with pytest.raises(
+        SdpError, match=rf"^SDP too large: {MAX_SDP_SIZE + 5} bytes \(limit 65536\)$"
+    ):
         parse(over)
     with pytest.raises(SdpError, match=r"^SDP too large: 65541 bytes \(limit 65536\)$"):
         parse(over.encode())
@@ -316,7 +339,11 @@ def test_firefox_session_level_values_and_media_precedence() -> None:
 
 
 def test_attribute_accessors() -> None:
-    sdp = parse(MINIMAL + AUDIO + "a=ptime:20.5\r\na=maxptime:40\r\na=Flag\r\na=rtcp:4001\r\na=rtcp-fb:* nack\r\n")
+    sdp = parse(
+        MINIMAL
+        + AUDIO
+        + "a=ptime:20.5\r\na=maxptime:40\r\na=Flag\r\na=rtcp:4001\r\na=rtcp-fb:* nack\r\n"
+    )
     m = sdp.media[0]
     assert m.ptime == 20 and m.maxptime == 40
     assert m.attribute("flag") == "" and m.has_attribute("FLAG")
@@ -336,11 +363,31 @@ def test_attribute_accessors() -> None:
     [
         ("a=rtpmap:0 PCMU", lambda s, m: m.rtpmap(0), "bad a=rtpmap value '0 PCMU'"),
         ("a=rtpmap:0 PCMU/x", lambda s, m: m.rtpmap(0), "bad a=rtpmap value '0 PCMU/x'"),
-        ("a=candidate:1 1 udp 1 h 1 host", lambda s, m: m.candidates(), "bad a=candidate value '1 1 udp 1 h 1 host'"),
-        ("a=candidate:1 x udp 1 h 1 typ host", lambda s, m: m.candidates(), "bad a=candidate value '1 x udp 1 h 1 typ host'"),
-        ("a=candidate:1 1 udp 1 h 70000 typ host", lambda s, m: m.candidates(), "bad a=candidate value '1 1 udp 1 h 70000 typ host'"),
-        ("a=candidate:1 1 udp 1 h 1 typ host rport x", lambda s, m: m.candidates(), "bad a=candidate value '1 1 udp 1 h 1 typ host rport x'"),
-        ("a=fingerprint:sha-256", lambda s, m: s.fingerprints(m), "bad a=fingerprint value 'sha-256'"),
+        (
+            "a=candidate:1 1 udp 1 h 1 host",
+            lambda s, m: m.candidates(),
+            "bad a=candidate value '1 1 udp 1 h 1 host'",
+        ),
+        (
+            "a=candidate:1 x udp 1 h 1 typ host",
+            lambda s, m: m.candidates(),
+            "bad a=candidate value '1 x udp 1 h 1 typ host'",
+        ),
+        (
+            "a=candidate:1 1 udp 1 h 70000 typ host",
+            lambda s, m: m.candidates(),
+            "bad a=candidate value '1 1 udp 1 h 70000 typ host'",
+        ),
+        (
+            "a=candidate:1 1 udp 1 h 1 typ host rport x",
+            lambda s, m: m.candidates(),
+            "bad a=candidate value '1 1 udp 1 h 1 typ host rport x'",
+        ),
+        (
+            "a=fingerprint:sha-256",
+            lambda s, m: s.fingerprints(m),
+            "bad a=fingerprint value 'sha-256'",
+        ),
         ("a=setup:sideways", lambda s, m: s.setup(m), "bad a=setup value 'sideways'"),
         ("a=extmap:x urn:a", lambda s, m: m.extmaps(), "bad a=extmap value 'x urn:a'"),
         ("a=extmap:1/up urn:a", lambda s, m: m.extmaps(), "bad a=extmap value '1/up urn:a'"),
@@ -351,7 +398,9 @@ def test_attribute_accessors() -> None:
         ("a=maxptime:", lambda s, m: m.maxptime, "bad a=maxptime value ''"),
     ],
 )
-def test_bad_attribute_values_raise_sdp_error_when_read(line: str, call: object, reason: str) -> None:
+def test_bad_attribute_values_raise_sdp_error_when_read(
+    line: str, call: object, reason: str
+) -> None:
     sdp = parse(MINIMAL + AUDIO + line + "\r\n")  # the parser itself accepts them
     with pytest.raises(SdpError) as info:
         call(sdp, sdp.media[0])  # type: ignore[operator]

@@ -56,10 +56,15 @@ def test_g729_only_switch_transcodes_and_priority_orders_the_target() -> None:
 
 def test_reject_when_nothing_shared_or_transcodable() -> None:
     # events and comfort noise never count as a shared codec
-    assert choose([TE, Codec("CN", 8000, 1, 13)], [TE, Codec("CN", 8000, 1, 13)]) == Decision("reject")
+    assert choose([TE, Codec("CN", 8000, 1, 13)], [TE, Codec("CN", 8000, 1, 13)]) == Decision(
+        "reject"
+    )
     assert choose([Codec("G722", 8000, 1, 9)], [G729]).mode == "reject"
     assert choose(chrome(), [Codec("AMR", 8000, 1, 96)]).mode == "reject"
-    assert choose([Codec("G722", 8000, 1, 9)], [G729], transcodable=frozenset({"g722", "g729"})).mode == "transcode"
+    assert (
+        choose([Codec("G722", 8000, 1, 9)], [G729], transcodable=frozenset({"g722", "g729"})).mode
+        == "transcode"
+    )
 
 
 def test_apply_strips_then_orders_stably() -> None:

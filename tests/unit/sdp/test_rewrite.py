@@ -88,7 +88,9 @@ def test_to_plain_is_lean_rtp_avp_at_the_gateway_address(name: str) -> None:
     assert out.origin.address == GW and out.origin.session_id == "77"
     assert "0.0.0.0" not in body and "192.0.2.2" not in body
     # the browser's codecs in its order, minus telephone-event at other rates
-    offered = [c for c in codecs_of(browser.media[0]) if c.name != "telephone-event" or c.clock == 8000]
+    offered = [
+        c for c in codecs_of(browser.media[0]) if c.name != "telephone-event" or c.clock == 8000
+    ]
     assert [(c.name, c.pt) for c in codecs_of(m)] == [(c.name, c.pt) for c in offered]
     assert out.direction(m) == "sendrecv"
     assert not is_hold(out)
@@ -137,8 +139,10 @@ def test_to_plain_firefox_exact() -> None:
 
 
 def test_to_plain_maps_telephone_event_48000_to_8000_when_alone() -> None:
-    raw = text("chrome_offer.sdp").replace(" 110 126\r\n", " 110\r\n").replace(
-        "a=rtpmap:126 telephone-event/8000\r\n", ""
+    raw = (
+        text("chrome_offer.sdp")
+        .replace(" 110 126\r\n", " 110\r\n")
+        .replace("a=rtpmap:126 telephone-event/8000\r\n", "")
     )
     out = plain(parse(raw))
     m = out.media[0]
@@ -151,8 +155,14 @@ def test_to_plain_maps_telephone_event_48000_to_8000_when_alone() -> None:
 
 
 def test_to_plain_with_codec_subset_ptime_hold_and_rtcp_mux() -> None:
-    raw = text("chrome_offer.sdp").replace("a=sendrecv\r\n", "a=sendonly\r\na=ptime:40\r\na=maxptime:60\r\n")
-    subset = [Codec("PCMA", 8000, 1, 8), Codec("telephone-event", 8000, 1, 126, "0-16"), Codec("G729", 8000)]
+    raw = text("chrome_offer.sdp").replace(
+        "a=sendrecv\r\n", "a=sendonly\r\na=ptime:40\r\na=maxptime:60\r\n"
+    )
+    subset = [
+        Codec("PCMA", 8000, 1, 8),
+        Codec("telephone-event", 8000, 1, 126, "0-16"),
+        Codec("G729", 8000),
+    ]
     out = plain(parse(raw), codecs=subset, rtcp_mux=True)
     m = out.media[0]
     assert m.formats == ["8", "18", "126"]  # te goes last; G729 gets its static number
@@ -169,7 +179,10 @@ def test_to_plain_keeps_m_line_count_with_video_rejected() -> None:
     assert out.media[1].proto == "RTP/AVP" and out.media[1].attributes == []
     assert len(str(out).encode()) < 400
     # a data channel keeps its proto, also rejected
-    raw = text("chrome_offer.sdp") + "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n"
+    raw = (
+        text("chrome_offer.sdp")
+        + "m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n"
+    )
     out = plain(parse(raw))
     assert str(out).endswith("m=application 0 UDP/DTLS/SCTP webrtc-datachannel\r\n")
 
@@ -188,7 +201,10 @@ def test_to_webrtc_offer_matches_the_vector_chromium_accepted() -> None:
     """tests/vectors/sdp/gateway_offer_to_chrome.sdp was produced by these arguments and
     given to Chromium 156, which answered with chrome_answer.sdp (see README.md)."""
     switch = load("kamailio_plain_offer.sdp")
-    codecs = [Codec("opus", 48000, 2, 111, "minptime=10;useinbandfec=1"), *codecs_of(switch.media[0])]
+    codecs = [
+        Codec("opus", 48000, 2, 111, "minptime=10;useinbandfec=1"),
+        *codecs_of(switch.media[0]),
+    ]
     out = to_webrtc(
         switch,
         address="127.0.0.1",
@@ -205,7 +221,13 @@ def test_to_webrtc_offer_matches_the_vector_chromium_accepted() -> None:
     answer = load("chrome_answer.sdp")
     m = answer.media[0]
     assert answer.setup(m) == "active"
-    assert [c.name for c in codecs_of(m)] == ["opus", "PCMU", "PCMA", "telephone-event", "telephone-event"]
+    assert [c.name for c in codecs_of(m)] == [
+        "opus",
+        "PCMU",
+        "PCMA",
+        "telephone-event",
+        "telephone-event",
+    ]
 
 
 def test_to_webrtc_offer_structure() -> None:
@@ -214,11 +236,18 @@ def test_to_webrtc_offer_structure() -> None:
     (m,) = out.media
     assert (m.port, m.proto, m.mid, m.rtcp_mux) == (40000, "UDP/TLS/RTP/SAVPF", "0", True)
     assert out.connection_for(m) == Connection("IN", "IP4", GW)
-    assert (out.ice_ufrag(m), out.ice_pwd(m), out.setup(m)) == ("gwUfrag1", "gwPassword0123456789abcd", "actpass")
+    assert (out.ice_ufrag(m), out.ice_pwd(m), out.setup(m)) == (
+        "gwUfrag1",
+        "gwPassword0123456789abcd",
+        "actpass",
+    )
     assert out.fingerprints(m) == [Fingerprint("sha-256", FP.upper())]
     assert m.candidates() == [Candidate("1", 1, "udp", HOST_CANDIDATE_PRIORITY, GW, 40000, "host")]
     assert HOST_CANDIDATE_PRIORITY == 2130706431
-    assert "a=candidate:1 1 udp 2130706431 203.0.113.10 40000 typ host\r\na=end-of-candidates\r\n" in str(out)
+    assert (
+        "a=candidate:1 1 udp 2130706431 203.0.113.10 40000 typ host\r\na=end-of-candidates\r\n"
+        in str(out)
+    )
     # the switch's codecs as they were, G.711 beside te/8000, no opus so no te/48000
     assert [(c.name, c.clock, c.pt, c.fmtp) for c in codecs_of(m)] == [
         ("G729", 8000, 18, "annexb=no"),
@@ -232,7 +261,9 @@ def test_to_webrtc_offer_structure() -> None:
     # a parse of what we wrote gives the same description and the browser-side extraction works
     assert parse(str(out)) == out
     params = MediaParams.from_webrtc(out)
-    assert params.candidates == m.candidates() and params.fingerprint == Fingerprint("sha-256", FP.upper())
+    assert params.candidates == m.candidates() and params.fingerprint == Fingerprint(
+        "sha-256", FP.upper()
+    )
 
 
 def test_to_webrtc_offer_adds_telephone_event_48000_beside_opus() -> None:
@@ -249,15 +280,24 @@ def test_to_webrtc_answers_firefox_with_telephone_event_8000_beside_opus() -> No
     """Firefox offers te/8000 only: the answer carries te/8000 next to opus (PITFALLS 11)."""
     firefox = load("firefox_offer.sdp")
     switch_answer = load("kamailio_plain_answer.sdp")
-    transcoded = [Codec("opus", 48000, 2), *[c for c in codecs_of(switch_answer.media[0]) if c.name == "telephone-event"]]
+    transcoded = [
+        Codec("opus", 48000, 2),
+        *[c for c in codecs_of(switch_answer.media[0]) if c.name == "telephone-event"],
+    ]
     out = webrtc(switch_answer, offer=firefox, codecs=transcoded)
     m = out.media[0]
-    assert [(c.name, c.clock, c.pt) for c in codecs_of(m)] == [("opus", 48000, 109), ("telephone-event", 8000, 101)]
+    assert [(c.name, c.clock, c.pt) for c in codecs_of(m)] == [
+        ("opus", 48000, 109),
+        ("telephone-event", 8000, 101),
+    ]
     assert m.fmtp(101) == "0-15"  # as Firefox offered it
     assert m.mid == "0" and out.attribute("group") == "BUNDLE 0"
     # passthrough: the switch's PCMU answered with the browser's te/8000
     out = webrtc(switch_answer, offer=firefox)
-    assert [(c.name, c.pt) for c in codecs_of(out.media[0])] == [("PCMU", 0), ("telephone-event", 101)]
+    assert [(c.name, c.pt) for c in codecs_of(out.media[0])] == [
+        ("PCMU", 0),
+        ("telephone-event", 101),
+    ]
 
 
 def test_to_webrtc_answers_chrome_with_the_rates_it_offered() -> None:
@@ -269,7 +309,9 @@ def test_to_webrtc_answers_chrome_with_the_rates_it_offered() -> None:
         ("telephone-event", 8000, 126),
     ]
     te = Codec("telephone-event", 8000, 1, 101, "0-16")
-    out = webrtc(switch_answer, offer=chrome, codecs=[Codec("opus", 48000, 2), Codec("PCMA", 8000), te])
+    out = webrtc(
+        switch_answer, offer=chrome, codecs=[Codec("opus", 48000, 2), Codec("PCMA", 8000), te]
+    )
     assert [(c.name, c.clock, c.pt) for c in codecs_of(out.media[0])] == [
         ("opus", 48000, 111),
         ("PCMA", 8000, 8),
@@ -305,11 +347,17 @@ def test_to_webrtc_rejected_audio_and_mirrored_m_lines() -> None:
     # answering an audio+video offer: same m-lines and mids, video declined
     offer = load("chrome_offer_av.sdp")
     out = webrtc(load("kamailio_plain_answer_av.sdp"), offer=offer)
-    assert [(m.kind, m.port > 0, m.mid) for m in out.media] == [("audio", True, "0"), ("video", False, "1")]
+    assert [(m.kind, m.port > 0, m.mid) for m in out.media] == [
+        ("audio", True, "0"),
+        ("video", False, "1"),
+    ]
     assert out.media[1].rtpmap(96) is not None and out.attribute("group") == "BUNDLE 0"
     # offering toward the browser: m-lines follow the switch's, mids unique
     out = webrtc(load("kamailio_plain_answer_av.sdp"), setup="actpass")
-    assert [(m.kind, m.port > 0, m.mid) for m in out.media] == [("audio", True, "0"), ("video", False, "1")]
+    assert [(m.kind, m.port > 0, m.mid) for m in out.media] == [
+        ("audio", True, "0"),
+        ("video", False, "1"),
+    ]
     out = webrtc(load("kamailio_plain_answer_av.sdp"), setup="actpass", mid="1")
     assert [m.mid for m in out.media] == ["1", "1x"]
 
@@ -340,7 +388,9 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-async def _aiortc_answer_round(video: bool, switch_answer: str, direction: str = "sendrecv") -> list[str | None]:
+async def _aiortc_answer_round(
+    video: bool, switch_answer: str, direction: str = "sendrecv"
+) -> list[str | None]:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
         pc.addTransceiver("audio", direction=direction)
@@ -365,7 +415,10 @@ async def test_aiortc_accepts_the_answer_to_its_offer() -> None:
 
 @pytest.mark.usefixtures("loopback_only")
 async def test_aiortc_accepts_an_answer_declining_its_video() -> None:
-    assert await _aiortc_answer_round(True, "kamailio_plain_answer_av.sdp") == ["sendrecv", "inactive"]
+    assert await _aiortc_answer_round(True, "kamailio_plain_answer_av.sdp") == [
+        "sendrecv",
+        "inactive",
+    ]
 
 
 @pytest.mark.usefixtures("loopback_only")
@@ -420,7 +473,13 @@ def test_media_params_from_chrome() -> None:
     assert (p.profile, p.index, p.address, p.port, p.mid) == ("webrtc", 0, "192.0.2.2", 50931, "0")
     assert (p.ice_ufrag, p.ice_pwd) == ("pKhe", "qXlrabghlyGpZESTBLvItem3")
     assert p.fingerprint is not None and p.fingerprint.algorithm == "sha-256"
-    assert (p.setup, p.rtcp_mux, p.rtcp_port, p.direction, p.hold) == ("actpass", True, 50931, "sendrecv", False)
+    assert (p.setup, p.rtcp_mux, p.rtcp_port, p.direction, p.hold) == (
+        "actpass",
+        True,
+        50931,
+        "sendrecv",
+        False,
+    )
     assert len(p.candidates) == 4 and p.warnings == []
     assert [c.name for c in p.codecs][:3] == ["opus", "red", "G722"]
 
@@ -436,7 +495,9 @@ def test_media_params_from_firefox_skips_mdns_candidates_with_a_warning() -> Non
     assert p.fingerprint is not None and p.fingerprint.value.startswith("8A:B2")  # session level
     assert (p.address, p.port, p.hold, p.direction) == ("0.0.0.0", 9, False, "sendrecv")
     # every candidate hidden: still no failure, just warnings
-    only_mdns = "".join(line for line in text("firefox_offer.sdp").splitlines(True) if "srflx" not in line)
+    only_mdns = "".join(
+        line for line in text("firefox_offer.sdp").splitlines(True) if "srflx" not in line
+    )
     p = MediaParams.from_webrtc(parse(only_mdns))
     assert p.candidates == [] and len(p.warnings) == 4
 
@@ -445,7 +506,9 @@ def test_media_params_prefers_sha_256_among_several_fingerprints() -> None:
     p = MediaParams.from_webrtc(load("aiortc_offer.sdp"))
     assert p.fingerprint is not None and p.fingerprint.algorithm == "sha-256"
     only_384 = "".join(
-        line for line in text("aiortc_offer.sdp").splitlines(True) if "sha-256" not in line and "sha-512" not in line
+        line
+        for line in text("aiortc_offer.sdp").splitlines(True)
+        if "sha-256" not in line and "sha-512" not in line
     )
     p = MediaParams.from_webrtc(parse(only_384))
     assert p.fingerprint is not None and p.fingerprint.algorithm == "sha-384"
@@ -457,13 +520,23 @@ def test_media_params_prefers_sha_256_among_several_fingerprints() -> None:
         ("a=ice-ufrag:pKhe\r\n", "", "no a=ice-ufrag for the audio stream"),
         ("a=ice-pwd:qXlrabghlyGpZESTBLvItem3\r\n", "", "no a=ice-pwd for the audio stream"),
         ("a=fingerprint:sha-256 ", "a=x:", "no a=fingerprint for the audio stream"),
-        ("a=fingerprint:sha-256 66:E1", "a=fingerprint:md5 66:E1", "no usable a=fingerprint for the audio stream"),
-        ("a=fingerprint:sha-256 66:E1:", "a=fingerprint:sha-256 66:E1:E1:", "no usable a=fingerprint for the audio stream"),
+        (
+            "a=fingerprint:sha-256 66:E1",
+            "a=fingerprint:md5 66:E1",
+            "no usable a=fingerprint for the audio stream",
+        ),
+        (
+            "a=fingerprint:sha-256 66:E1:",
+            "a=fingerprint:sha-256 66:E1:E1:",
+            "no usable a=fingerprint for the audio stream",
+        ),
         ("UDP/TLS/RTP/SAVPF", "RTP/SAVPF", "audio stream is not DTLS-SRTP (proto RTP/SAVPF)"),
         ("a=setup:actpass", "a=setup:maybe", "bad a=setup value 'maybe'"),
     ],
 )
-def test_media_params_missing_webrtc_bits_are_sdp_errors(remove: str, replace_with: str, reason: str) -> None:
+def test_media_params_missing_webrtc_bits_are_sdp_errors(
+    remove: str, replace_with: str, reason: str
+) -> None:
     raw = text("chrome_offer.sdp")
     assert remove in raw
     with pytest.raises(SdpError) as info:
@@ -473,9 +546,21 @@ def test_media_params_missing_webrtc_bits_are_sdp_errors(remove: str, replace_wi
 
 def test_media_params_from_plain() -> None:
     p = MediaParams.from_plain(load("kamailio_plain_offer.sdp"))
-    assert (p.profile, p.address, p.port, p.rtcp_port, p.rtcp_mux) == ("plain", "127.0.0.1", 30000, 30001, False)
+    assert (p.profile, p.address, p.port, p.rtcp_port, p.rtcp_mux) == (
+        "plain",
+        "127.0.0.1",
+        30000,
+        30001,
+        False,
+    )
     assert p.codecs[0] == Codec("G729", 8000, 1, 18, "annexb=no")
-    assert (p.ptime, p.direction, p.hold, p.ice_ufrag, p.fingerprint) == (20, "sendrecv", False, None, None)
+    assert (p.ptime, p.direction, p.hold, p.ice_ufrag, p.fingerprint) == (
+        20,
+        "sendrecv",
+        False,
+        None,
+        None,
+    )
     p = MediaParams.from_plain(load("sipp_uac_offer.sdp"))
     assert (p.port, p.rtcp_port, [c.name for c in p.codecs]) == (6000, 6001, ["PCMU"])
     p = MediaParams.from_plain(load("legacy_hold_offer.sdp"))
@@ -490,7 +575,9 @@ def test_media_params_from_plain() -> None:
 
 
 def test_codecs_of_static_and_unmapped_types() -> None:
-    sdp = parse("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 8 18 13 97\r\n")
+    sdp = parse(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 8 18 13 97\r\n"
+    )
     assert codecs_of(sdp.media[0]) == [
         Codec("PCMU", 8000, 1, 0),
         Codec("PCMA", 8000, 1, 8),
@@ -506,10 +593,20 @@ def test_codecs_of_static_and_unmapped_types() -> None:
 def test_to_webrtc_declined_audio_keeps_one_offered_format_and_data_channel_is_mirrored() -> None:
     # The switch declines audio with a codec the browser never offered: the answer still
     # has one format, taken from the offer (RFC 8866 §5.14 needs at least one).
-    declined = parse(text("kamailio_plain_offer.sdp").replace("m=audio 30000 RTP/AVP 18 0 8 101", "m=audio 0 RTP/AVP 18"))
+    declined = parse(
+        text("kamailio_plain_offer.sdp").replace(
+            "m=audio 30000 RTP/AVP 18 0 8 101", "m=audio 0 RTP/AVP 18"
+        )
+    )
     out = webrtc(declined, offer=load("chrome_offer.sdp"))
     assert (out.media[0].port, out.media[0].formats) == (0, ["111"])
-    out = webrtc(parse(text("sipp_uac_offer.sdp").replace("RTP/AVP 0", "RTP/AVP 97").replace("m=audio 6000", "m=audio 0")))
+    out = webrtc(
+        parse(
+            text("sipp_uac_offer.sdp")
+            .replace("RTP/AVP 0", "RTP/AVP 97")
+            .replace("m=audio 6000", "m=audio 0")
+        )
+    )
     assert out.media[0].formats == ["0"] and out.media[0].port == 0
     # A data channel in the browser's offer is declined with its own proto and mid.
     raw = text("chrome_offer.sdp").replace("a=group:BUNDLE 0", "a=group:BUNDLE 0 1") + (
@@ -517,7 +614,13 @@ def test_to_webrtc_declined_audio_keeps_one_offered_format_and_data_channel_is_m
     )
     out = webrtc(load("kamailio_plain_answer.sdp"), offer=parse(raw))
     dc = out.media[1]
-    assert (dc.kind, dc.port, dc.proto, dc.formats, dc.mid) == ("application", 0, "UDP/DTLS/SCTP", ["webrtc-datachannel"], "1")
+    assert (dc.kind, dc.port, dc.proto, dc.formats, dc.mid) == (
+        "application",
+        0,
+        "UDP/DTLS/SCTP",
+        ["webrtc-datachannel"],
+        "1",
+    )
     assert not dc.has_attribute("rtcp-mux") and out.attribute("group") == "BUNDLE 0"
 
 
@@ -527,6 +630,21 @@ def test_payload_type_numbering() -> None:
     out = webrtc(sdp, codecs=[Codec("PCMU", 8000, 1, 0), Codec("PCMA", 8000, 1, 0)])
     assert out.media[0].formats == ["0"] and out.media[0].ptime is None
     # every dynamic type taken: no room for a new telephone-event rate
-    crowded = [Codec(f"X{pt}", 48000, 1, pt) for pt in range(96, 128)] + [Codec("telephone-event", 8000, 1, 101)]
+    crowded = [Codec(f"X{pt}", 48000, 1, pt) for pt in range(96, 128)] + [
+        Codec("telephone-event", 8000, 1, 101)
+    ]
     with pytest.raises(SdpError, match="^no free dynamic payload type$"):
         webrtc(sdp, codecs=crowded)
+
+
+def test_answer_to_an_offer_without_mids_has_none() -> None:
+    """A pre-BUNDLE offer (no a=mid): the answer must not invent mids (RFC 5888 §9.1)."""
+    lines = [
+        ln
+        for ln in text("chrome_offer_av.sdp").splitlines(True)
+        if not ln.startswith(("a=mid", "a=group"))
+    ]
+    out = webrtc(load("kamailio_plain_answer_av.sdp"), offer=parse("".join(lines)))
+    assert [m.mid for m in out.media] == [None, None]
+    assert not out.has_attribute("group")
+    assert "a=mid" not in str(out)
