@@ -218,7 +218,7 @@ async def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         kam = Kamailio()
-        await kam.start(Path(tmp) / "kamailio")
+        kam.start(Path(tmp) / "kamailio")
         gw = GatewayProcess(
             Path(tmp),
             upstream=kam.uri("udp"),
@@ -239,7 +239,7 @@ async def main() -> None:
             g_n, g_t, g_lat = await run_via_gateway(gw, args.clients, args.seconds)
         finally:
             await gw.stop()
-            await kam.stop()
+            kam.stop()
     d_rate, g_rate = d_n / d_t, g_n / g_t
     print(
         f"REGISTER with digest auth, {args.clients} concurrent clients, {args.seconds:.0f} s each, loopback, 2-core machine"

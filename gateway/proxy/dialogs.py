@@ -35,27 +35,31 @@ class Dialog:
     far_allow: frozenset[str] | None = None
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.call_id, self.browser_tag, self.far_tag)
+    def key(self) -> tuple[int, str, str, str]:
+        # The flow is part of the key: a call between two browsers on the same
+        # gateway crosses it twice with the same Call-ID and tags.
+        return (self.flow_id, self.call_id, self.browser_tag, self.far_tag)
 
 
 class DialogTable:
     """Confirmed dialogs, by key and by flow."""
 
     def __init__(self) -> None:
-        self._dialogs: dict[tuple[str, str, str], Dialog] = {}
-        self._by_flow: dict[int, set[tuple[str, str, str]]] = {}
+        self._dialogs: dict[tuple[int, str, str, str], Dialog] = {}
+        self._by_flow: dict[int, set[tuple[int, str, str, str]]] = {}
 
     def add(self, dialog: Dialog) -> None:
         self._dialogs[dialog.key] = dialog
         self._by_flow.setdefault(dialog.flow_id, set()).add(dialog.key)
 
-    def find(self, call_id: str, tag_a: str | None, tag_b: str | None) -> Dialog | None:
-        """Find a dialog by Call-ID and the two tags in either order."""
+    def find(
+        self, flow_id: int, call_id: str, tag_a: str | None, tag_b: str | None
+    ) -> Dialog | None:
+        """Find a flow's dialog by Call-ID and the two tags in either order."""
         if tag_a is None or tag_b is None:
             return None
-        return self._dialogs.get((call_id, tag_a, tag_b)) or self._dialogs.get(
-            (call_id, tag_b, tag_a)
+        return self._dialogs.get((flow_id, call_id, tag_a, tag_b)) or self._dialogs.get(
+            (flow_id, call_id, tag_b, tag_a)
         )
 
     def remove(self, dialog: Dialog) -> None:

@@ -330,7 +330,7 @@ class Proxy:
         elif fwd.to_tag is None and fwd.method in DIALOG_FORMING:
             self._record_route(fwd, flow, toward_switch=True, transport=member.transport)
         elif fwd.to_tag is not None:
-            dialog = self.dialogs.find(fwd.call_id, fwd.from_tag, fwd.to_tag)
+            dialog = self.dialogs.find(flow.flow_id, fwd.call_id, fwd.from_tag, fwd.to_tag)
             if dialog is not None:
                 dialog.browser_cseq = max(dialog.browser_cseq, fwd.cseq[0])
                 if self._absorb_refresh(sctx, dialog, now):
@@ -429,7 +429,7 @@ class Proxy:
         if fwd.to_tag is None and fwd.method in DIALOG_FORMING:
             self._record_route(fwd, flow, toward_switch=False, transport=source[2])
         elif fwd.to_tag is not None and fwd.method == "BYE":
-            dialog = self.dialogs.find(fwd.call_id, fwd.from_tag, fwd.to_tag)
+            dialog = self.dialogs.find(flow.flow_id, fwd.call_id, fwd.from_tag, fwd.to_tag)
             if dialog is not None:
                 self.dialogs.remove(dialog)
                 self._note("dialog_ended", "bye_from_switch")
@@ -630,7 +630,8 @@ class Proxy:
             self._accepted[ctx.txn.key[0]] = flow.flow_id
             self._push(now + ACCEPTED_T1 * self.settings.timers.t1, "accepted", ctx.txn.key[0])
             if resp.to_tag and resp.from_tag:
-                if self.dialogs.find(resp.call_id, resp.from_tag, resp.to_tag) is None:
+                known = self.dialogs.find(flow.flow_id, resp.call_id, resp.from_tag, resp.to_tag)
+                if known is None:
                     self.dialogs.add(
                         Dialog(
                             call_id=resp.call_id,
@@ -641,11 +642,9 @@ class Proxy:
                             browser_header=resp.headers.get("From") or "",
                             far_header=resp.headers.get("To") or "",
                             far_target=_contact_uri(resp) or sctx.request.uri,
-                            route_set=[
-                                r
-                                for r in reversed(resp.headers.get_all("Record-Route"))
-                                if not self._is_own_route(r)
-                            ],
+                            route_set=self._strip_leading_own(
+                                list(reversed(resp.headers.get_all("Record-Route")))
+                            ),
                             browser_cseq=resp.cseq[0],
                             created=now,
                             far_allow=_allow(resp),
@@ -665,7 +664,8 @@ class Proxy:
         if resp.cseq[1] == "INVITE" and 200 <= resp.status < 300 and ctx.to_flow is not None:
             req = sctx.request
             if resp.to_tag and resp.from_tag:
-                if self.dialogs.find(resp.call_id, resp.from_tag, resp.to_tag) is None:
+                known = self.dialogs.find(ctx.to_flow, resp.call_id, resp.from_tag, resp.to_tag)
+                if known is None:
                     self.dialogs.add(
                         Dialog(
                             call_id=resp.call_id,
@@ -676,11 +676,8 @@ class Proxy:
                             browser_header=resp.headers.get("To") or "",
                             far_header=resp.headers.get("From") or "",
                             far_target=_contact_uri(req) or "",
-                            route_set=[
-                                r
-                                for r in req.headers.get_all("Record-Route")
-                                if not self._is_own_route(r)
-                            ],
+                            # as received: our own entries were added after it
+                            route_set=req.headers.get_all("Record-Route"),
                             created=now,
                             far_allow=_allow(req),
                         )
@@ -860,7 +857,18 @@ class Proxy:
                 req.headers.add("Supported", "path")
             return
         # contact-rewrite: the switch stores a Contact naming us; we keep the
-        # browser's own Contact on the flow to restore it on the way back.
+        # browser's own Contact on the flow to restore it on the way back. The
+        # gateway, not the browser, is then the registrar's first hop and it
+        # offers no outbound flow to it: reg-id would earn a 439 (RFC 5626 §6).
+        supported = [
+            t.strip()
+            for v in req.headers.get_all("Supported")
+            for t in v.split(",")
+            if t.strip() and t.strip().lower() != "outbound"
+        ]
+        req.headers.remove("Supported")
+        if supported:
+            req.headers.add("Supported", ", ".join(supported))
         rewritten: list[str] = []
         for value in contacts:
             if value.strip() == "*":
@@ -873,7 +881,8 @@ class Proxy:
                 continue
             flow.contacts[flow.token] = str(na.uri)
             new_uri = SipURI.parse(f"sip:{flow.token}@{self._sip_hostport(transport)}")
-            rewritten.append(str(NameAddr(na.display, new_uri, na.params)))
+            params = [(k, v) for k, v in na.params if k.lower() != "reg-id"]
+            rewritten.append(str(NameAddr(na.display, new_uri, params)))
         if rewritten:
             req.headers.remove("Contact")
             for value in rewritten:
@@ -937,6 +946,15 @@ class Proxy:
             req.headers.pop_first("Route")
             if na.uri.user:
                 token = token or na.uri.user
+
+    def _strip_leading_own(self, routes: list[str]) -> list[str]:
+        """Drop our entries at the head of a route set (this hop's pair only:
+        a call between two browsers on this gateway has our entries further
+        down too, and those must stay)."""
+        i = 0
+        while i < len(routes) and self._is_own_route(routes[i]):
+            i += 1
+        return routes[i:]
 
     def _token_from_ruri(self, req: Request) -> str | None:
         try:

@@ -19,6 +19,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.helpers.gateway import GATEWAY_IP, GatewayProcess, free_port
 from tests.helpers.jssip import JsSipClient
+from tests.helpers.sipp import Sipp
 
 pytestmark = pytest.mark.integration
 
@@ -284,3 +285,179 @@ async def test_contact_rewrite_mode_call(kamailio, gateway: GatewayProcess) -> N
     finally:
         await alice.close()
         await bob.close()
+
+
+# ---------------------------------------------------------------- sipp far ends
+
+
+def far_end(tmp_path: Path, scenario: str, **kw: object) -> Sipp:
+    return Sipp(scenario, workdir=tmp_path / "sipp", **kw)  # type: ignore[arg-type]
+
+
+def number(sipp: Sipp) -> str:
+    """Kamailio routes 9NNNNN to the sipp far end on 127.0.0.3:NNNNN."""
+    return f"sip:9{sipp.port}@{REALM}"
+
+
+async def test_outbound_call_answered_by_far_end_bye_from_browser(
+    tmp_path: Path, gateway: GatewayProcess
+) -> None:
+    uas = far_end(tmp_path, "uas_answer.xml")
+    await uas.start()
+    alice = await browser(gateway, "alice")
+    try:
+        await alice.send("call", target=number(uas), headers=["X-Test: 1"])
+        await alice.wait_for("confirmed", timeout=10)
+        await asyncio.sleep(0.5)
+        await alice.send("hangup")
+        await alice.wait_for("ended", timeout=10)
+        result = await uas.wait(15)
+        assert result.ok, result.describe()
+        invite = result.received("INVITE")[0]
+        assert invite.header("X-Test") == ["1"]  # custom headers pass through
+        assert len(invite.header("Record-Route")) >= 2
+        assert result.received("BYE"), result.describe()
+    finally:
+        await alice.close()
+        await uas.stop()
+
+
+async def test_outbound_call_bye_from_far_end(tmp_path: Path, gateway: GatewayProcess) -> None:
+    uas = far_end(tmp_path, "uas_answer_bye.xml", call_length_ms=1000)
+    await uas.start()
+    alice = await browser(gateway, "alice")
+    try:
+        await alice.send("call", target=number(uas))
+        await alice.wait_for("confirmed", timeout=10)
+        ended = await alice.wait_for("ended", timeout=15)
+        assert ended["originator"] == "remote"
+        result = await uas.wait(15)
+        assert result.ok, result.describe()
+    finally:
+        await alice.close()
+        await uas.stop()
+
+
+async def test_busy_far_end(tmp_path: Path, gateway: GatewayProcess) -> None:
+    uas = far_end(tmp_path, "uas_busy.xml")
+    await uas.start()
+    alice = await browser(gateway, "alice")
+    try:
+        await alice.send("call", target=number(uas))
+        failed = await alice.wait_for("failed", timeout=10)
+        assert failed["originator"] == "remote"
+        assert "busy" in str(failed.get("cause", "")).lower(), failed
+        result = await uas.wait(10)
+        assert result.ok, result.describe()  # sipp got the ACK for its 486
+    finally:
+        await alice.close()
+        await uas.stop()
+
+
+async def test_cancel_before_answer(tmp_path: Path, gateway: GatewayProcess) -> None:
+    uas = far_end(tmp_path, "uas_noanswer.xml")
+    await uas.start()
+    alice = await browser(gateway, "alice")
+    try:
+        await alice.send("call", target=number(uas))
+        await alice.wait_for("progress", timeout=10)
+        await alice.send("hangup")  # JsSIP sends CANCEL while ringing
+        failed = await alice.wait_for("failed", timeout=10)
+        assert failed["originator"] == "local"
+        result = await uas.wait(15)
+        assert result.ok, result.describe()  # CANCEL -> 200 + 487 -> ACK all seen
+        assert result.received("CANCEL")
+    finally:
+        await alice.close()
+        await uas.stop()
+
+
+async def test_websocket_drop_mid_call_bye_reaches_far_end(
+    tmp_path: Path, gateway: GatewayProcess
+) -> None:
+    uas = far_end(tmp_path, "uas_answer.xml")
+    await uas.start()
+    alice = await browser(gateway, "alice")
+    try:
+        await alice.send("call", target=number(uas))
+        await alice.wait_for("confirmed", timeout=10)
+        await alice.send("drop_ws")
+        result = await uas.wait(15)
+        assert result.ok, result.describe()
+        bye = result.received("BYE")[0]
+        assert "WebSocket closed" in " ".join(bye.header("Reason"))
+    finally:
+        await alice.close()
+        await uas.stop()
+
+
+async def test_inbound_call_from_far_end_to_browser(
+    kamailio, tmp_path: Path, gateway: GatewayProcess
+) -> None:
+    alice = await browser(gateway, "alice")
+    uac = far_end(
+        tmp_path, "uac_invite.xml", remote=f"127.0.0.1:{kamailio.udp_port}", service="alice"
+    )
+    try:
+        await uac.start()
+        incoming = await alice.wait_for("newRTCSession", timeout=10)
+        assert incoming["direction"] == "incoming"
+        await alice.send("answer")
+        await alice.wait_for("confirmed", timeout=10)
+        ended = await alice.wait_for("ended", timeout=15)  # sipp hangs up after its pause
+        assert ended["originator"] == "remote"
+        result = await uac.wait(15)
+        assert result.ok, result.describe()
+    finally:
+        await alice.close()
+        await uac.stop()
+
+
+async def test_inbound_call_not_answered_is_cancelled(
+    kamailio, tmp_path: Path, gateway: GatewayProcess
+) -> None:
+    alice = await browser(gateway, "alice")
+    uac = far_end(
+        tmp_path,
+        "uac_invite_cancel.xml",
+        remote=f"127.0.0.1:{kamailio.udp_port}",
+        service="alice",
+        call_length_ms=1500,
+    )
+    try:
+        await uac.start()
+        await alice.wait_for("newRTCSession", timeout=10)
+        failed = await alice.wait_for("failed", timeout=15)  # caller gave up: CANCEL
+        assert failed["originator"] == "remote"
+        result = await uac.wait(15)
+        assert result.ok, result.describe()
+    finally:
+        await alice.close()
+        await uac.stop()
+
+
+async def test_message_both_ways_with_far_end(
+    kamailio, tmp_path: Path, gateway: GatewayProcess
+) -> None:
+    alice = await browser(gateway, "alice")
+    uas = far_end(tmp_path, "uas_message.xml")
+    await uas.start()
+    try:
+        await alice.send(
+            "message", target=number(uas), body="to the far end", headers=["X-Test: yes"]
+        )
+        await alice.wait_for("messageSucceeded", timeout=10)
+        result = await uas.wait(10)
+        assert result.ok, result.describe()
+        uac = far_end(
+            tmp_path, "uac_message.xml", remote=f"127.0.0.1:{kamailio.udp_port}", service="alice"
+        )
+        result = await uac.run()
+        assert result.ok, result.describe()
+        msg = await alice.wait_for(
+            "newMessage", timeout=10, predicate=lambda e: e.get("direction") == "incoming"
+        )
+        assert msg["body"]
+    finally:
+        await alice.close()
+        await uas.stop()
