@@ -97,6 +97,7 @@ class PortAllocator:
             # An odd port whose even partner is taken cannot serve a pair anyway: best choice.
             if port & 1 and (port - 1 < self.low or port - 1 in self._used):
                 self._used.add(port)
+                self._cursor = port + 1 if port + 1 <= self.high else self.low
                 return port
             if fallback < 0:
                 fallback = port

@@ -881,8 +881,8 @@ class Proxy:
                 continue
             flow.contacts[flow.token] = str(na.uri)
             new_uri = SipURI.parse(f"sip:{flow.token}@{self._sip_hostport(transport)}")
-            params = [(k, v) for k, v in na.params if k.lower() != "reg-id"]
-            rewritten.append(str(NameAddr(na.display, new_uri, params)))
+            kept = [(k, v) for k, v in na.params if k.lower() != "reg-id"]
+            rewritten.append(str(NameAddr(na.display, new_uri, kept)))
         if rewritten:
             req.headers.remove("Contact")
             for value in rewritten:
