@@ -134,13 +134,21 @@ async def run_via_gateway(
     latencies: list[float] = []
     budget = [MAX_REGISTRATIONS]
     start = loop.time()
+
+    def receiver(c: websockets.ClientConnection) -> Callable[[], Awaitable[bytes]]:
+        async def recv() -> bytes:
+            data = await c.recv()
+            return data.encode() if isinstance(data, str) else data
+
+        return recv
+
     try:
         counts = await asyncio.gather(
             *(
                 _client(
                     i,
                     c.send,
-                    c.recv,  # type: ignore[arg-type]
+                    receiver(c),
                     f"SIP/2.0/WS {secrets.token_hex(6)}.invalid",
                     f"{secrets.token_hex(4)}.invalid;transport=ws",
                     start + seconds,
