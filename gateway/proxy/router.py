@@ -629,28 +629,19 @@ class Proxy:
         if method == "INVITE" and 200 <= resp.status < 300:
             self._accepted[ctx.txn.key[0]] = flow.flow_id
             self._push(now + ACCEPTED_T1 * self.settings.timers.t1, "accepted", ctx.txn.key[0])
-            if resp.to_tag and resp.from_tag:
-                known = self.dialogs.find(flow.flow_id, resp.call_id, resp.from_tag, resp.to_tag)
-                if known is None:
-                    self.dialogs.add(
-                        Dialog(
-                            call_id=resp.call_id,
-                            browser_tag=resp.from_tag,
-                            far_tag=resp.to_tag,
-                            flow_id=flow.flow_id,
-                            browser_is_caller=True,
-                            browser_header=resp.headers.get("From") or "",
-                            far_header=resp.headers.get("To") or "",
-                            far_target=_contact_uri(resp) or sctx.request.uri,
-                            route_set=self._strip_leading_own(
-                                list(reversed(resp.headers.get_all("Record-Route")))
-                            ),
-                            browser_cseq=resp.cseq[0],
-                            created=now,
-                            far_allow=_allow(resp),
-                        )
-                    )
-                    self._note("dialog_started", "outbound")
+            # The browser is the caller: its route set is the 2xx's
+            # Record-Route reversed (§12.1.2), from the entries past ours.
+            self._record_dialog(
+                flow.flow_id,
+                resp,
+                browser_is_caller=True,
+                far_target=_contact_uri(resp) or sctx.request.uri,
+                route_set=self._strip_leading_own(
+                    list(reversed(resp.headers.get_all("Record-Route")))
+                ),
+                far_allow=_allow(resp),
+                now=now,
+            )
         if self._rewrite_body is not None and resp.body:
             self._rewrite_body(resp, "to_browser")
         if resp.status >= 200:
@@ -663,32 +654,58 @@ class Proxy:
     ) -> None:
         if resp.cseq[1] == "INVITE" and 200 <= resp.status < 300 and ctx.to_flow is not None:
             req = sctx.request
-            if resp.to_tag and resp.from_tag:
-                known = self.dialogs.find(ctx.to_flow, resp.call_id, resp.from_tag, resp.to_tag)
-                if known is None:
-                    self.dialogs.add(
-                        Dialog(
-                            call_id=resp.call_id,
-                            browser_tag=resp.to_tag,
-                            far_tag=resp.from_tag,
-                            flow_id=ctx.to_flow,
-                            browser_is_caller=False,
-                            browser_header=resp.headers.get("To") or "",
-                            far_header=resp.headers.get("From") or "",
-                            far_target=_contact_uri(req) or "",
-                            # as received: our own entries were added after it
-                            route_set=req.headers.get_all("Record-Route"),
-                            created=now,
-                            far_allow=_allow(req),
-                        )
-                    )
-                    self._note("dialog_started", "inbound")
+            # The browser is the callee: its route set is the INVITE's
+            # Record-Route in order (§12.1.1), as received, before ours.
+            self._record_dialog(
+                ctx.to_flow,
+                resp,
+                browser_is_caller=False,
+                far_target=_contact_uri(req) or "",
+                route_set=req.headers.get_all("Record-Route"),
+                far_allow=_allow(req),
+                now=now,
+            )
         if self._rewrite_body is not None and resp.body:
             self._rewrite_body(resp, "to_switch")
         if resp.status >= 200:
             sctx.final_sent = True
         sctx.txn.send_response(resp, now)
         self._pump_server(sctx, now)
+
+    def _record_dialog(
+        self,
+        flow_id: int,
+        resp: Response,
+        *,
+        browser_is_caller: bool,
+        far_target: str,
+        route_set: list[str],
+        far_allow: frozenset[str] | None,
+        now: float,
+    ) -> None:
+        """Remember a dialog a 2xx to INVITE confirmed, once per flow."""
+        if not (resp.to_tag and resp.from_tag):
+            return
+        if self.dialogs.find(flow_id, resp.call_id, resp.from_tag, resp.to_tag) is not None:
+            return  # a re-INVITE's 2xx, or a retransmission
+        browser, far = ("From", "To") if browser_is_caller else ("To", "From")
+        self.dialogs.add(
+            Dialog(
+                call_id=resp.call_id,
+                browser_tag=resp.from_tag if browser_is_caller else resp.to_tag,
+                far_tag=resp.to_tag if browser_is_caller else resp.from_tag,
+                flow_id=flow_id,
+                browser_is_caller=browser_is_caller,
+                browser_header=resp.headers.get(browser) or "",
+                far_header=resp.headers.get(far) or "",
+                far_target=far_target,
+                route_set=route_set,
+                browser_cseq=resp.cseq[0] if browser_is_caller else 0,
+                created=now,
+                far_allow=far_allow,
+            )
+        )
+        self._note("dialog_started", "outbound" if browser_is_caller else "inbound")
 
     def _client_timeout(self, ctx: _Client, now: float) -> None:
         if ctx.member is not None:
