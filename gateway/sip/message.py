@@ -16,6 +16,7 @@ survives a parse/serialise round trip.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 
 from gateway.sip.errors import ParseError
 from gateway.sip.headers import (
@@ -78,6 +79,12 @@ _TRACKED = frozenset({"via", "from", "to", "call-id", "cseq", "content-length", 
 _RESPONSE_COPY = frozenset({"via", "from", "to", "call-id", "cseq"})
 
 
+@lru_cache(maxsize=4096)
+def _parse_via_cached(text: str) -> Via:
+    # Errors are not cached (lru_cache does not store exceptions).
+    return parse_via(text)
+
+
 class _MessageMixin:
     """Accessors shared by Request and Response (both dataclasses with ``headers``)."""
 
@@ -109,8 +116,14 @@ class _MessageMixin:
 
     @property
     def top_via(self) -> Via:
-        """The first Via element, parsed; ParseError if absent or invalid."""
-        return parse_via(self.headers.get("Via") or "")
+        """The first Via element, parsed; ParseError if absent or invalid.
+
+        Every hop reads the top Via several times (transaction keys, routing),
+        so parses are cached by the header text; each caller gets its own copy
+        to change.
+        """
+        via = _parse_via_cached(self.headers.get("Via") or "")
+        return replace(via, params=list(via.params))
 
     def _serialise(self, start_line: str) -> bytes:
         # Content-Length always matches the body (RFC 3261 §20.14), at its old position.

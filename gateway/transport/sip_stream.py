@@ -25,12 +25,11 @@ CONNECT_TIMEOUT = 5.0
 
 
 class _Conn:
-    __slots__ = ("writer", "pending", "task")
+    __slots__ = ("writer", "pending")
 
     def __init__(self) -> None:
         self.writer: asyncio.StreamWriter | None = None
         self.pending: list[bytes] = []
-        self.task: asyncio.Task[None] | None = None
 
 
 class SipStreamTransport:
@@ -87,16 +86,21 @@ class SipStreamTransport:
             conn.writer.write(data)
 
     async def close(self) -> None:
+        """Stop listening, end every connection, and wait for their readers.
+
+        Connections are closed rather than their tasks cancelled: a cancelled
+        ``start_server`` handler makes asyncio (3.11) log a spurious traceback.
+        """
         if self._server is not None:
             self._server.close()
         for conn in list(self._conns.values()):
             if conn.writer is not None:
                 conn.writer.close()
-            if conn.task is not None:
-                conn.task.cancel()
-        for task in list(self._tasks):
-            task.cancel()
         self._conns.clear()
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=2.0)
+            for task in pending:
+                task.cancel()
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
@@ -120,6 +124,10 @@ class SipStreamTransport:
         await self._read_loop(reader, writer, host, port, conn)
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         peer = writer.get_extra_info("peername")
         host, port = str(peer[0]), int(peer[1])
         if not self._allowed(host):

@@ -32,14 +32,17 @@ async def gateway(
     kamailio, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[GatewayProcess]:
     params = getattr(request, "param", {}) or {}
-    upstream = params.get("upstream", kamailio.uri("udp"))
+    upstream = params.get("upstream", kamailio.uri(params.get("upstream_transport", "udp")))
+    extra = params.get("extra", {})
+    if extra.get("listen", {}).get("sip_tls") == "AUTO":
+        extra = {**extra, "listen": {"sip_tls": f"{GATEWAY_IP}:{free_port()}"}}
     if upstream == "DEAD, LIVE":
         upstream = f"sip:127.0.0.9:{free_port('127.0.0.9')};transport=udp, {kamailio.uri('udp')}"
     gw = GatewayProcess(
         tmp_path,
         upstream=upstream,
         mode=params.get("mode", "path"),
-        extra=params.get("extra", {}),
+        extra=extra,
     )
     await gw.start()
     try:
@@ -461,3 +464,42 @@ async def test_message_both_ways_with_far_end(
     finally:
         await alice.close()
         await uas.stop()
+
+
+@pytest.mark.parametrize(
+    "gateway",
+    [
+        {"upstream_transport": "tcp"},
+        {
+            "upstream_transport": "tls",
+            "extra": {"tls": {"verify_upstream": False}, "listen": {"sip_tls": "AUTO"}},
+        },
+    ],
+    indirect=True,
+    ids=["tcp", "tls"],
+)
+async def test_stream_transports_toward_the_switch(kamailio, gateway: GatewayProcess) -> None:
+    """Framing over TCP/TLS both ways: REGISTER out, the INVITE to bob comes back in."""
+    alice = await browser(gateway, "alice")
+    bob = await browser(gateway, "bob")
+    try:
+        path = " ".join(str(loc.get("path", "")) for loc in kamailio.locations(f"bob@{REALM}"))
+        transport = gateway.upstream.rsplit("transport=", 1)[1]
+        if transport == "tls":
+            assert "transport=tls" in path, path
+        await alice.send("call", target=f"sip:bob@{REALM}")
+        await bob.wait_for("newRTCSession", timeout=10)
+        await bob.send("answer")
+        await alice.wait_for("confirmed", timeout=10)
+        await bob.send("hangup")
+        await alice.wait_for("ended", timeout=10)
+        assert await gateway.metric("gateway_sip_messages_received_total", side="sip") >= 6
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_websocket_upgrade_on_any_path(gateway: GatewayProcess) -> None:
+    async with websockets.connect(gateway.ws_url + "/some/path?x=1", subprotocols=["sip"]) as ws:  # type: ignore[list-item]
+        await ws.send("\r\n\r\n")
+        assert await asyncio.wait_for(ws.recv(), 5) == "\r\n"
