@@ -9,6 +9,7 @@ gateway 127.0.0.2, sipp 127.0.0.3.
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -503,3 +504,75 @@ async def test_websocket_upgrade_on_any_path(gateway: GatewayProcess) -> None:
     async with websockets.connect(gateway.ws_url + "/some/path?x=1", subprotocols=["sip"]) as ws:  # type: ignore[list-item]
         await ws.send("\r\n\r\n")
         assert await asyncio.wait_for(ws.recv(), 5) == "\r\n"
+
+
+async def test_sigterm_drains_calls_then_exits(tmp_path: Path, kamailio) -> None:
+    """SIGTERM: new connections and calls refused, a running call may finish, exit 0."""
+    gw = GatewayProcess(
+        tmp_path / "drain", upstream=kamailio.uri("udp"), extra={"general": {"drain_timeout": 20.0}}
+    )
+    (tmp_path / "drain").mkdir()
+    await gw.start()
+    alice = await browser(gw, "alice")
+    bob = await browser(gw, "bob")
+    try:
+        await alice.send("call", target=f"sip:bob@{REALM}")
+        await bob.wait_for("newRTCSession", timeout=10)
+        await bob.send("answer")
+        await alice.wait_for("confirmed", timeout=10)
+        assert gw.proc is not None
+        gw.proc.terminate()
+        for _ in range(50):
+            if await gw.http_status("/readyz") == 503:
+                break
+            await asyncio.sleep(0.1)
+        assert await gw.http_status("/readyz") == 503
+        # a new call while draining is refused with 503
+        await bob.send("call", target=f"sip:alice@{REALM}")
+        failed = await bob.wait_for("failed", timeout=10)
+        assert failed["status"] == 503, failed
+        # new WebSocket connections are refused
+        with pytest.raises(InvalidStatus) as info:
+            async with websockets.connect(gw.ws_url, subprotocols=["sip"]):  # type: ignore[list-item]
+                pass
+        assert info.value.response.status_code == 503
+        # the running call still works and ends normally; then the gateway exits 0
+        assert gw.alive()
+        await alice.send("hangup")
+        await bob.wait_for("ended", timeout=10)
+        code = await asyncio.wait_for(gw.proc.wait(), 15)
+        assert code == 0, gw.log_text()[-3000:]
+        assert "drained (calls left: 0)" in gw.log_text()
+    finally:
+        await alice.close()
+        await bob.close()
+        await gw.stop()
+
+
+async def test_sighup_reloads_upstream_list(tmp_path: Path, kamailio) -> None:
+    """SIGHUP re-reads the config: a new upstream list applies to new requests."""
+    workdir = tmp_path / "hup"
+    workdir.mkdir()
+    dead = f"sip:127.0.0.9:{free_port('127.0.0.9')};transport=udp"
+    gw = GatewayProcess(workdir, upstream=dead, extra={"sip": {"t1": 0.05, "t2": 0.4}})
+    await gw.start()
+    try:
+        alice = await JsSipClient.start(
+            ws=gw.ws_url, uri=f"sip:alice@{REALM}", password="alicepw", realm=REALM, register=True
+        )
+        try:
+            await alice.wait_for("registrationFailed", timeout=15)  # only a dead switch: 408
+        finally:
+            await alice.close()
+        gw.upstream = kamailio.uri("udp")
+        gw.write_config()
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGHUP)
+        for _ in range(50):
+            if "upstream pool reloaded" in gw.log_text():
+                break
+            await asyncio.sleep(0.1)
+        alice = await browser(gw, "alice")
+        await alice.close()
+    finally:
+        assert await gw.stop() == 0
