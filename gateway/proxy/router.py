@@ -13,8 +13,11 @@ proxy:
 * Requests from the switch are routed by the token in the Route (Path or
   Record-Route) or, in contact-rewrite mode, in the Request-URI: to that
   connection only; a dead flow answers 430 Flow Failed (RFC 5626 §5.3).
-* Responses follow the transactions back.  Bodies pass through untouched:
-  :meth:`Proxy.rewrite_body` is the hook where the media layer will rewrite SDP.
+* Responses follow the transactions back.  Bodies pass through untouched,
+  except SDP when media anchoring is on: a message carrying SDP is parked,
+  a :class:`MediaCommand` (an rtpengine NG ``offer``/``answer`` dictionary)
+  goes out, and :meth:`Proxy.media_result` resumes it with the media layer's
+  SDP (or answers 488 when an offer cannot be anchored).
 * When a flow closes, its confirmed dialogs are ended toward the switch with
   BYE, its pending outgoing INVITEs are CANCELled, and requests pending toward
   it are answered 480.
@@ -62,6 +65,8 @@ __all__ = [
 ]
 
 DEFAULT_MAX_FORWARDS = 70
+#: Methods whose SDP is an offer or answer (RFC 3261 §13, RFC 3311, RFC 3262).
+MEDIA_METHODS = frozenset({"INVITE", "UPDATE", "ACK", "PRACK"})
 #: Methods that create a dialog when sent outside one (RFC 3261, 6665, 3515).
 DIALOG_FORMING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 #: RFC 6026: how long 2xx retransmissions to an INVITE are still forwarded, in T1.
@@ -114,7 +119,20 @@ class Note:
     detail: str = ""
 
 
-Action = SendToFlow | SendUpstream | Dropped | Seen | Note
+@dataclass(frozen=True, slots=True)
+class MediaCommand:
+    """An rtpengine NG command for the media layer.
+
+    The adapter sends it and hands the reply dictionary (None on failure or
+    timeout) back through :meth:`Proxy.media_result` with the same token;
+    token 0 means nobody waits for the reply (``delete``).
+    """
+
+    token: int
+    command: dict[str, object]
+
+
+Action = SendToFlow | SendUpstream | Dropped | Seen | Note | MediaCommand
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,6 +157,8 @@ class ProxySettings:
     probe_interval: float = 10.0
     flow_timer: int | None = None
     """Seconds advertised in Flow-Timer on outbound REGISTER 200s (RFC 5626 §4.4.1)."""
+    media: bool = False
+    """Anchor media: rewrite every SDP through the media layer (MediaCommand)."""
 
 
 # ------------------------------------------------------------------ contexts
@@ -152,6 +172,7 @@ class _Server:
     reply_to: tuple[str, int, str] | None  # upstream source address
     client: _Client | None = None
     final_sent: bool = False
+    cancelled: bool = False
 
 
 @dataclass(eq=False)
@@ -168,6 +189,8 @@ class _Client:
     final: bool = False
     cancel_pending: bool = False
     probe: bool = False
+    #: media call id when this INVITE/UPDATE went through the media layer
+    media_call: str | None = None
 
 
 class Proxy:
@@ -178,14 +201,15 @@ class Proxy:
         settings: ProxySettings,
         pool: UpstreamPool,
         flows: FlowTable,
-        *,
-        rewrite_body: Callable[[Request | Response, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.flows = flows
         self.dialogs = DialogTable()
-        self._rewrite_body = rewrite_body
+        self._media_waits: dict[int, Callable[[dict[str, object] | None, float], None]] = {}
+        self._media_tokens = itertools.count(1)
+        #: media call id -> the browser flow it belongs to
+        self.media_calls: dict[str, int] = {}
         self._actions: list[Action] = []
         self._clients: dict[tuple[str, str], _Client] = {}
         self._servers: dict[tuple[str, str, str], _Server] = {}
@@ -234,6 +258,12 @@ class Proxy:
                 self._send_probes(now)
                 self._push(now + self.settings.probe_interval, "probe", None)
 
+    def media_result(self, token: int, reply: dict[str, object] | None, now: float) -> None:
+        """The media layer answered the :class:`MediaCommand` with ``token``."""
+        resume = self._media_waits.pop(token, None)
+        if resume is not None:
+            resume(reply, now)
+
     def flow_opened(self, flow_id: int, host: str, port: int, *, secure: bool) -> Flow:
         """A browser connected."""
         return self.flows.open(flow_id, host, port, secure=secure)
@@ -247,6 +277,7 @@ class Proxy:
             self.dialogs.remove(dialog)
             self._note("dialog_ended", "flow_closed")
             self._send_bye_for(dialog, now)
+            self._media_delete(dialog.call_id, flow_id)
         for ctx in list(self._clients.values()):
             if ctx.final:
                 continue
@@ -320,6 +351,7 @@ class Proxy:
                 return
             self._answer(sctx, 100, now)
         fwd = req.copy()
+        self._decrement_max_forwards(fwd)  # §16.6 step 3
         self._pop_own_routes(fwd)
         member = self._member_for(fwd, now)
         if member is None:
@@ -338,19 +370,33 @@ class Proxy:
                 if fwd.method == "BYE":
                     self.dialogs.remove(dialog)
                     self._note("dialog_ended", "bye_from_browser")
-        if self._rewrite_body is not None and fwd.body:
-            self._rewrite_body(fwd, "to_switch")
-        client = _Client(
-            txn=None,  # type: ignore[arg-type]
-            request=fwd,
-            server=sctx,
-            member=member,
-            origin_flow=flow.flow_id,
+        if fwd.method == "BYE":
+            self._media_delete(fwd.call_id, flow.flow_id)
+        flow_id = flow.flow_id
+
+        def forward(ok: bool, now: float) -> None:
+            if sctx.final_sent or self.flows.get(flow_id) is None:
+                self._media_delete(fwd.call_id, flow_id, only_if_initial=fwd)
+                return  # cancelled or the browser left while the media layer worked
+            if not ok:
+                self._answer(sctx, 488, now, warning="media could not be anchored for this offer")
+                return
+            client = _Client(
+                txn=None,  # type: ignore[arg-type]
+                request=fwd,
+                server=sctx,
+                member=member,
+                origin_flow=flow_id,
+                media_call=self._media_call(fwd.call_id, flow_id) if _has_sdp(fwd) else None,
+            )
+            sctx.client = client
+            if fwd.method == "INVITE" and fwd.to_tag is None:
+                self.pending_invites += 1
+            self._send_upstream(client, member, now)
+
+        self._through_media(
+            fwd, flow_id, toward_switch=True, offer=_is_offer(fwd), then=forward, now=now
         )
-        sctx.client = client
-        if fwd.method == "INVITE" and fwd.to_tag is None:
-            self.pending_invites += 1
-        self._send_upstream(client, member, now)
 
     def _ack_from_flow(self, flow: Flow, req: Request, now: float) -> None:
         """ACK to a 2xx: its own transaction, forwarded statelessly (§16.11)."""
@@ -360,16 +406,22 @@ class Proxy:
             self._drop("ws", "max_forwards")
             return
         self._pop_own_routes(fwd)
-        if self._rewrite_body is not None and fwd.body:
-            self._rewrite_body(fwd, "to_switch")
         member = self._member_for(fwd, now)
         if member is None:
             self._drop("ws", "no_upstream")
             return
         transport = member.transport
         branch = make_branch(req.top_via.branch.encode() if req.top_via.branch else b"ack")
-        fwd.headers.prepend("Via", self._upstream_via(transport, branch))
-        self._emit_upstream(member.host, member.port, transport, bytes(fwd))
+
+        def forward(ok: bool, now: float) -> None:
+            # An ACK cannot be refused: without media it still completes the dialog.
+            fwd.headers.prepend("Via", self._upstream_via(transport, branch))
+            self._emit_upstream(member.host, member.port, transport, bytes(fwd))
+
+        # An ACK's SDP is the answer to a 2xx offer (late offer, RFC 3261 §13.2.1).
+        self._through_media(
+            fwd, flow.flow_id, toward_switch=True, offer=False, then=forward, now=now
+        )
 
     def _response_from_flow(self, flow: Flow, resp: Response, now: float) -> None:
         via = resp.top_via
@@ -403,6 +455,7 @@ class Proxy:
         if not self._check_max_forwards(sctx, now):
             return
         fwd = req.copy()
+        self._decrement_max_forwards(fwd)  # §16.6 step 3
         token = self._pop_own_routes(fwd)
         if token is None:
             token = self._token_from_ruri(fwd)
@@ -433,20 +486,37 @@ class Proxy:
             if dialog is not None:
                 self.dialogs.remove(dialog)
                 self._note("dialog_ended", "bye_from_switch")
-        if self._rewrite_body is not None and fwd.body:
-            self._rewrite_body(fwd, "to_browser")
-        branch = self._new_branch()
-        fwd.headers.prepend("Via", self._ws_via(flow, branch))
-        client = _Client(
-            txn=None,  # type: ignore[arg-type]
-            request=fwd,
-            server=sctx,
-            to_flow=flow.flow_id,
+        if fwd.method == "BYE":
+            self._media_delete(fwd.call_id, flow.flow_id)
+        flow_id = flow.flow_id
+
+        def forward(ok: bool, now: float) -> None:
+            target = self.flows.get(flow_id)
+            if sctx.final_sent or target is None:
+                self._media_delete(fwd.call_id, flow_id, only_if_initial=fwd)
+                if not sctx.final_sent:
+                    self._answer(sctx, 430, now, warning="flow failed")
+                return
+            if not ok:
+                self._answer(sctx, 488, now, warning="media could not be anchored for this offer")
+                return
+            branch = self._new_branch()
+            fwd.headers.prepend("Via", self._ws_via(target, branch))
+            client = _Client(
+                txn=None,  # type: ignore[arg-type]
+                request=fwd,
+                server=sctx,
+                to_flow=flow_id,
+                media_call=self._media_call(fwd.call_id, flow_id) if _has_sdp(fwd) else None,
+            )
+            sctx.client = client
+            if fwd.method == "INVITE" and fwd.to_tag is None:
+                self.pending_invites += 1
+            self._start_client(client, branch, reliable=True, now=now)
+
+        self._through_media(
+            fwd, flow_id, toward_switch=False, offer=_is_offer(fwd), then=forward, now=now
         )
-        sctx.client = client
-        if fwd.method == "INVITE" and fwd.to_tag is None:
-            self.pending_invites += 1
-        self._start_client(client, branch, reliable=True, now=now)
 
     def _ack_from_upstream(self, req: Request, now: float) -> None:
         fwd = req.copy()
@@ -458,11 +528,17 @@ class Proxy:
         if flow is None:
             self._drop("sip", "flow_gone")
             return
-        if self._rewrite_body is not None and fwd.body:
-            self._rewrite_body(fwd, "to_browser")
         branch = make_branch(req.top_via.branch.encode() if req.top_via.branch else b"ack")
-        fwd.headers.prepend("Via", self._ws_via(flow, branch))
-        self._actions.append(SendToFlow(flow.flow_id, bytes(fwd)))
+        flow_id = flow.flow_id
+
+        def forward(ok: bool, now: float) -> None:
+            target = self.flows.get(flow_id)
+            if target is None:
+                return
+            fwd.headers.prepend("Via", self._ws_via(target, branch))
+            self._actions.append(SendToFlow(flow_id, bytes(fwd)))
+
+        self._through_media(fwd, flow_id, toward_switch=False, offer=False, then=forward, now=now)
 
     def _response_from_upstream(self, resp: Response, now: float) -> None:
         via = resp.top_via
@@ -607,6 +683,8 @@ class Proxy:
                 return
             if not ctx.final and ctx.request.method == "INVITE" and ctx.request.to_tag is None:
                 self.pending_invites -= 1
+                if status >= 300 and ctx.media_call is not None:
+                    self._media_delete_id(ctx.media_call)
             ctx.final = True
         fwd = resp.copy()
         fwd.headers.pop_first("Via")
@@ -642,12 +720,46 @@ class Proxy:
                 far_allow=_allow(resp),
                 now=now,
             )
-        if self._rewrite_body is not None and resp.body:
-            self._rewrite_body(resp, "to_browser")
         if resp.status >= 200:
             sctx.final_sent = True
-        sctx.txn.send_response(resp, now)
-        self._pump_server(sctx, now)
+        self._relay_response(ctx, sctx, resp, sctx.from_flow, toward_switch=False, now=now)
+
+    def _relay_response(
+        self,
+        ctx: _Client,
+        sctx: _Server,
+        resp: Response,
+        flow_id: int | None,
+        *,
+        toward_switch: bool,
+        now: float,
+    ) -> None:
+        """Send a response on through its server transaction, via the media
+        layer when it carries SDP: an answer to the request's offer, or an
+        offer of its own when the request had none (late offer, §13.2.1)."""
+
+        def send(ok: bool, now: float) -> None:
+            # A response cannot be refused; without media the call still connects.
+            sctx.txn.send_response(resp, now)
+            self._pump_server(sctx, now)
+
+        if (
+            flow_id is None
+            or not self.settings.media
+            or resp.status >= 300
+            or resp.cseq[1] not in MEDIA_METHODS
+            or not _has_sdp(resp)
+        ):
+            send(True, now)
+            return
+        self._through_media(
+            resp,
+            flow_id,
+            toward_switch=toward_switch,
+            offer=not _has_sdp(ctx.request),
+            then=send,
+            now=now,
+        )
 
     def _response_toward_switch(
         self, ctx: _Client, sctx: _Server, resp: Response, now: float
@@ -665,12 +777,9 @@ class Proxy:
                 far_allow=_allow(req),
                 now=now,
             )
-        if self._rewrite_body is not None and resp.body:
-            self._rewrite_body(resp, "to_switch")
         if resp.status >= 200:
             sctx.final_sent = True
-        sctx.txn.send_response(resp, now)
-        self._pump_server(sctx, now)
+        self._relay_response(ctx, sctx, resp, ctx.to_flow, toward_switch=True, now=now)
 
     def _record_dialog(
         self,
@@ -718,6 +827,8 @@ class Proxy:
         # RFC 3261 §16.8: a timeout counts as a 408 from that branch.
         if not ctx.final and ctx.request.method == "INVITE" and ctx.request.to_tag is None:
             self.pending_invites -= 1
+            if ctx.media_call is not None:
+                self._media_delete_id(ctx.media_call)
         ctx.final = True
         self._answer(ctx.server, 408, now)
 
@@ -773,7 +884,10 @@ class Proxy:
         self._answer(sctx, 200, now)
         if not invite.final_sent:
             ctx = invite.client
-            if ctx is not None and not ctx.final:
+            if ctx is None:
+                # Still with the media layer, never forwarded: end it here.
+                self._answer(invite, 487, now)
+            elif not ctx.final:
                 self._cancel(ctx, now)
         del req
 
@@ -821,6 +935,88 @@ class Proxy:
         bye.headers.pop_first("Via")
         local = _Client(txn=None, request=bye, server=None)  # type: ignore[arg-type]
         self._send_upstream(local, member, now)
+
+    # ------------------------------------------------------------ media
+
+    @staticmethod
+    def _media_call(call_id: str, flow_id: int) -> str:
+        """The media layer's call id: a call between two browsers on this
+        gateway crosses it twice with one Call-ID, one media session per flow."""
+        return f"{call_id}~{flow_id:x}"
+
+    def _through_media(
+        self,
+        msg: Request | Response,
+        flow_id: int,
+        *,
+        toward_switch: bool,
+        offer: bool,
+        then: Callable[[bool, float], None],
+        now: float,
+    ) -> None:
+        """Run ``then(ok, now)`` once ``msg``'s SDP is rewritten by the media
+        layer; at once when media is off or ``msg`` carries no SDP."""
+        method = msg.method if isinstance(msg, Request) else msg.cseq[1]
+        if not self.settings.media or method not in MEDIA_METHODS or not _has_sdp(msg):
+            then(True, now)
+            return
+        call = self._media_call(msg.call_id, flow_id)
+        # NG keys by the offerer's tag: a request's offer is its From side's, a
+        # response's (late offer) its To side's; an answer names both.
+        a, b = (
+            (msg.from_tag, msg.to_tag) if isinstance(msg, Request) else (msg.to_tag, msg.from_tag)
+        )
+        offerer, answerer = (a, b) if offer else (b, a)
+        command: dict[str, object] = {
+            "command": "offer" if offer else "answer",
+            "call-id": call,
+            "from-tag": offerer or "",
+            "sdp": msg.body.decode("utf-8", "replace"),
+        }
+        if not offer:
+            command["to-tag"] = answerer or ""
+        if toward_switch:
+            command.update(
+                {
+                    "transport-protocol": "RTP/AVP",
+                    "ICE": "remove",
+                    "DTLS": "off",
+                    "rtcp-mux": ["demux"],
+                }
+            )
+        else:
+            command.update(
+                {"transport-protocol": "UDP/TLS/RTP/SAVPF", "ICE": "force", "rtcp-mux": ["offer"]}
+            )
+        if offer:
+            self.media_calls[call] = flow_id
+        token = next(self._media_tokens)
+
+        def resume(reply: dict[str, object] | None, now: float) -> None:
+            sdp = reply.get("sdp") if reply is not None and reply.get("result") == "ok" else None
+            if isinstance(sdp, bytes):
+                sdp = sdp.decode("utf-8", "replace")
+            if isinstance(sdp, str):
+                msg.body = sdp.encode()
+                then(True, now)
+                return
+            reason = reply.get("error-reason") if reply is not None else "no reply"
+            self._note("media_failed", f"{command['command']}: {reason}")
+            then(False, now)
+
+        self._media_waits[token] = resume
+        self._actions.append(MediaCommand(token, command))
+
+    def _media_delete(
+        self, call_id: str, flow_id: int, *, only_if_initial: Request | None = None
+    ) -> None:
+        if only_if_initial is not None and only_if_initial.to_tag is not None:
+            return  # a failed re-offer leaves the call and its media alone
+        self._media_delete_id(self._media_call(call_id, flow_id))
+
+    def _media_delete_id(self, call: str) -> None:
+        if self.media_calls.pop(call, None) is not None:
+            self._actions.append(MediaCommand(0, {"command": "delete", "call-id": call}))
 
     # ----------------------------------------------------------- probes
 
@@ -1163,6 +1359,19 @@ class Proxy:
 
     def _note(self, kind: str, detail: str = "") -> None:
         self._actions.append(Note(kind, detail))
+
+
+def _has_sdp(msg: Request | Response) -> bool:
+    if not msg.body:
+        return False
+    ctype = (msg.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+    return ctype == "application/sdp"
+
+
+def _is_offer(req: Request) -> bool:
+    """SDP in INVITE or UPDATE is an offer; in ACK or PRACK, the answer to an
+    offer made in a response (RFC 3261 §13.2.1, RFC 3262 §5)."""
+    return req.method in ("INVITE", "UPDATE")
 
 
 def _due(deadline: float | None, now: float) -> bool:

@@ -130,7 +130,7 @@ def test_register_gets_path_with_signed_token_and_via_fix() -> None:
     assert flow is not None and path.uri.user == flow.token
     assert proxy.flows.by_token(path.uri.user) is flow
     assert flow.reg_id == "1" and flow.instance is not None
-    assert req.headers.get("Max-Forwards") == "69"
+    assert req.headers.get("Max-Forwards") == "68"  # decremented (§16.6 step 3)
     # the body and the rest pass through
     assert req.headers.get("User-Agent") == "JsSIP 3.10.1"
 

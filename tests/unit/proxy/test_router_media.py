@@ -1,0 +1,232 @@
+"""The proxy's media hook: SDP is parked, sent to the media layer as an
+rtpengine NG command, and forwarded only with the media layer's SDP.
+
+The media layer's replies are scripted here (the NG server and engine have
+their own tests against aiortc); this checks the proxy's half of the contract.
+"""
+
+from __future__ import annotations
+
+from gateway.proxy.router import MediaCommand, Proxy
+from gateway.sip.message import Request, Response, parse
+from tests.unit.proxy.test_router import (
+    FLOW,
+    INVITE,
+    SW1,
+    crlf,
+    make_proxy,
+    only_request,
+    responses_to_flow,
+    sent_flow,
+    sent_upstream,
+    upstream_reply,
+)
+
+PLAIN = "v=0\r\no=gw 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n"
+WEBRTC = "v=0\r\no=gw 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 40002 UDP/TLS/RTP/SAVPF 0\r\n"
+
+
+def commands(actions: list) -> list[MediaCommand]:
+    return [a for a in actions if isinstance(a, MediaCommand)]
+
+
+def media_proxy() -> Proxy:
+    return make_proxy(media=True)
+
+
+def test_offer_from_browser_is_parked_until_the_media_layer_answers() -> None:
+    proxy = media_proxy()
+    proxy.receive_from_flow(FLOW, crlf(INVITE), 0.0)
+    actions = proxy.actions()
+    assert [r.status for r in responses_to_flow(actions)] == [100]
+    assert not sent_upstream(actions)  # parked
+    (cmd,) = commands(actions)
+    assert cmd.command["command"] == "offer"
+    assert cmd.command["call-id"] == f"call-1~{FLOW:x}"
+    assert cmd.command["from-tag"] == "a1"
+    assert cmd.command["transport-protocol"] == "RTP/AVP"
+    assert cmd.command["ICE"] == "remove"
+    proxy.media_result(cmd.token, {"result": "ok", "sdp": PLAIN}, 0.1)
+    _, req = only_request(proxy.actions())
+    assert req.body == PLAIN.encode()
+    assert req.headers.get("Content-Length") == str(len(PLAIN))
+    # the 200's SDP is the answer, rewritten for the browser
+    proxy.receive_from_upstream(
+        upstream_reply(
+            req,
+            200,
+            "OK",
+            "Content-Type: application/sdp\nContact: <sip:f@127.0.0.3>\n",
+            PLAIN.replace("\r\n", "\n"),
+        ),
+        *SW1[:2],
+        "udp",
+        0.2,
+    )
+    actions = proxy.actions()
+    assert not sent_flow(actions)
+    (answer,) = commands(actions)
+    assert answer.command["command"] == "answer"
+    assert (answer.command["from-tag"], answer.command["to-tag"]) == ("a1", "sw200")
+    assert answer.command["transport-protocol"] == "UDP/TLS/RTP/SAVPF"
+    proxy.media_result(answer.token, {"result": "ok", "sdp": WEBRTC}, 0.3)
+    (resp,) = responses_to_flow(proxy.actions())
+    assert resp.status == 200 and resp.body == WEBRTC.encode()
+    # BYE ends the media session
+    bye = crlf(
+        """BYE sip:f@127.0.0.3 SIP/2.0
+Via: SIP/2.0/WSS 2kq9b8k3mq7a.invalid;branch=z9hG4bKbye1
+Max-Forwards: 70
+From: "Alice" <sip:alice@example.test>;tag=a1
+To: <sip:95090@example.test>;tag=sw200
+Call-ID: call-1
+CSeq: 8 BYE
+Content-Length: 0
+
+"""
+    )
+    proxy.receive_from_flow(FLOW, bye, 0.4)
+    (delete,) = commands(proxy.actions())
+    assert delete.command == {"command": "delete", "call-id": f"call-1~{FLOW:x}"}
+    assert delete.token == 0
+    assert proxy.media_calls == {}
+
+
+def test_offer_the_media_layer_refuses_gets_488_and_nothing_upstream() -> None:
+    proxy = media_proxy()
+    proxy.receive_from_flow(FLOW, crlf(INVITE), 0.0)
+    (cmd,) = commands(proxy.actions())
+    proxy.media_result(cmd.token, {"result": "error", "error-reason": "no ports"}, 0.1)
+    actions = proxy.actions()
+    assert not sent_upstream(actions)
+    (resp,) = responses_to_flow(actions)
+    assert resp.status == 488 and "media" in (resp.headers.get("Warning") or "")
+    proxy.media_result(cmd.token, {"result": "ok", "sdp": PLAIN}, 0.2)  # late duplicate: ignored
+    assert not proxy.actions()
+
+
+def test_cancel_while_the_offer_is_with_the_media_layer() -> None:
+    proxy = media_proxy()
+    proxy.receive_from_flow(FLOW, crlf(INVITE), 0.0)
+    (cmd,) = commands(proxy.actions())
+    cancel = crlf(
+        """CANCEL sip:95090@example.test SIP/2.0
+Via: SIP/2.0/WSS 2kq9b8k3mq7a.invalid;branch=z9hG4bK9999
+Max-Forwards: 70
+To: <sip:95090@example.test>
+From: "Alice" <sip:alice@example.test>;tag=a1
+Call-ID: call-1
+CSeq: 7 CANCEL
+Content-Length: 0
+
+"""
+    )
+    proxy.receive_from_flow(FLOW, cancel, 0.05)
+    assert sorted(r.status for r in responses_to_flow(proxy.actions())) == [200, 487]
+    proxy.media_result(cmd.token, {"result": "ok", "sdp": PLAIN}, 0.1)
+    actions = proxy.actions()
+    assert not sent_upstream(actions)  # never forwarded
+    (delete,) = commands(actions)
+    assert delete.command["command"] == "delete"
+    assert proxy.pending_invites == 0
+
+
+def test_late_offer_offer_in_200_answer_in_ack() -> None:
+    proxy = media_proxy()
+    text = INVITE.replace(
+        "Content-Type: application/sdp\nContent-Length: 5\n\nv=0\n", "Content-Length: 0\n\n"
+    )
+    proxy.receive_from_flow(FLOW, crlf(text), 0.0)
+    actions = proxy.actions()
+    assert not commands(actions)  # no SDP, nothing to anchor yet
+    _, req = only_request(actions)
+    proxy.receive_from_upstream(
+        upstream_reply(
+            req,
+            200,
+            "OK",
+            "Content-Type: application/sdp\nContact: <sip:f@127.0.0.3>\n",
+            PLAIN.replace("\r\n", "\n"),
+        ),
+        *SW1[:2],
+        "udp",
+        0.1,
+    )
+    (offer,) = commands(proxy.actions())
+    # the 200 carries the switch's offer: it goes to the browser in the WebRTC profile
+    assert offer.command["command"] == "offer"
+    assert offer.command["from-tag"] == "sw200"  # the offerer is the To side
+    assert offer.command["ICE"] == "force"
+    proxy.media_result(offer.token, {"result": "ok", "sdp": WEBRTC}, 0.2)
+    (resp,) = responses_to_flow(proxy.actions())
+    assert resp.body == WEBRTC.encode()
+    ack = crlf(
+        f"""ACK sip:f@127.0.0.3 SIP/2.0
+Via: SIP/2.0/WSS 2kq9b8k3mq7a.invalid;branch=z9hG4bKack1
+Max-Forwards: 70
+From: "Alice" <sip:alice@example.test>;tag=a1
+To: <sip:95090@example.test>;tag=sw200
+Call-ID: call-1
+CSeq: 7 ACK
+Content-Type: application/sdp
+Content-Length: {len(WEBRTC)}
+
+{WEBRTC.replace(chr(13), "")}"""
+    )
+    proxy.receive_from_flow(FLOW, ack, 0.3)
+    (answer,) = commands(proxy.actions())
+    assert answer.command["command"] == "answer"
+    assert (answer.command["from-tag"], answer.command["to-tag"]) == ("sw200", "a1")
+    proxy.media_result(answer.token, {"result": "ok", "sdp": PLAIN}, 0.4)
+    _, fwd_ack = only_request(proxy.actions())
+    assert fwd_ack.method == "ACK" and fwd_ack.body == PLAIN.encode()
+
+
+def test_final_failure_deletes_the_media_session() -> None:
+    proxy = media_proxy()
+    proxy.receive_from_flow(FLOW, crlf(INVITE), 0.0)
+    (cmd,) = commands(proxy.actions())
+    proxy.media_result(cmd.token, {"result": "ok", "sdp": PLAIN}, 0.1)
+    _, req = only_request(proxy.actions())
+    proxy.receive_from_upstream(upstream_reply(req, 486, "Busy Here"), *SW1[:2], "udp", 0.2)
+    actions = proxy.actions()
+    assert [r.status for r in responses_to_flow(actions)] == [486]
+    (delete,) = commands(actions)
+    assert delete.command["command"] == "delete"
+
+
+def test_flow_loss_deletes_media_of_its_calls() -> None:
+    proxy = media_proxy()
+    proxy.receive_from_flow(FLOW, crlf(INVITE), 0.0)
+    (cmd,) = commands(proxy.actions())
+    proxy.media_result(cmd.token, {"result": "ok", "sdp": PLAIN}, 0.1)
+    _, req = only_request(proxy.actions())
+    proxy.receive_from_upstream(
+        upstream_reply(
+            req,
+            200,
+            "OK",
+            "Content-Type: application/sdp\nContact: <sip:f@127.0.0.3>\n",
+            PLAIN.replace("\r\n", "\n"),
+        ),
+        *SW1[:2],
+        "udp",
+        0.2,
+    )
+    (answer,) = commands(proxy.actions())
+    proxy.media_result(answer.token, {"result": "ok", "sdp": WEBRTC}, 0.3)
+    proxy.actions()
+    proxy.flow_closed(FLOW, 1.0)
+    actions = proxy.actions()
+    assert only_request(actions)[1].method == "BYE"
+    assert [c.command["command"] for c in commands(actions)] == ["delete"]
+
+
+def test_media_off_passes_sdp_through() -> None:
+    proxy = make_proxy()
+    proxy.receive_from_flow(FLOW, crlf(INVITE), 0.0)
+    actions = proxy.actions()
+    assert not commands(actions)
+    msg = parse(sent_upstream(actions)[0].data)
+    assert isinstance(msg, Request) and msg.body == b"v=0\r\n"
+    assert not isinstance(msg, Response)
