@@ -41,6 +41,11 @@ SESSION_REFRESH_ABSORBED = Counter(
     "gateway_session_refresh_absorbed_total",
     "Browser session-timer UPDATEs answered by the gateway because the far side does not allow UPDATE",
 )
+MEDIA_COMMANDS = Counter(
+    "gateway_media_commands_total",
+    "NG commands the proxy sent to the media layer, by command and outcome",
+    ["command", "outcome"],
+)
 UPSTREAM_UP = Gauge("gateway_upstream_up", "1 if the upstream server is healthy", ["server"])
 UPSTREAM_FAILOVERS = Counter(
     "gateway_upstream_failovers_total", "Requests moved to the next upstream server"

@@ -13,7 +13,15 @@ import logging
 from typing import Protocol
 
 from gateway import metrics
-from gateway.proxy.router import Dropped, Note, Proxy, Seen, SendToFlow, SendUpstream
+from gateway.proxy.router import (
+    Dropped,
+    MediaCommand,
+    Note,
+    Proxy,
+    Seen,
+    SendToFlow,
+    SendUpstream,
+)
 
 __all__ = ["ProxyRunner"]
 
@@ -29,6 +37,18 @@ class UpstreamSender(Protocol):
     def send(self, host: str, port: int, transport: str, data: bytes) -> None: ...
 
 
+class MediaClient(Protocol):
+    """The NG client (gateway.transport.ng_client.NgClient) as the runner uses it."""
+
+    async def request(
+        self, body: dict[str, object], *, timeout: float = ...
+    ) -> dict[str, object]: ...
+
+
+#: Seconds the proxy waits for the media layer before answering 488 (NG retransmits inside).
+MEDIA_TIMEOUT = 3.0
+
+
 class ProxyRunner:
     """Owns the proxy core's clock and timer on the running loop."""
 
@@ -36,6 +56,8 @@ class ProxyRunner:
         self.proxy = proxy
         self.flows: FlowSender | None = None
         self.upstream: UpstreamSender | None = None
+        self.media: MediaClient | None = None
+        self._media_tasks: set[asyncio.Task[None]] = set()
         self.sip_trace = sip_trace
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
@@ -98,9 +120,36 @@ class ProxyRunner:
                 log.debug("x dropped side=%s reason=%s", action.side, action.reason)
             elif isinstance(action, Note):
                 self._note(action)
+            elif isinstance(action, MediaCommand):
+                self._media_command(action)
         metrics.DIALOGS.set(len(proxy.dialogs))
         metrics.FLOWS.set(len(proxy.flows))
         self._arm()
+
+    def _media_command(self, action: MediaCommand) -> None:
+        task = asyncio.create_task(self._media_request(action))
+        self._media_tasks.add(task)
+        task.add_done_callback(self._media_tasks.discard)
+
+    async def _media_request(self, action: MediaCommand) -> None:
+        op = str(action.command.get("command"))
+        reply: dict[str, object] | None = None
+        if self.media is None:
+            log.error("! media command %s but no media layer is running", op)
+        else:
+            try:
+                reply = await self.media.request(action.command, timeout=MEDIA_TIMEOUT)
+            except Exception as exc:  # timeout or a socket error: the call gets 488
+                log.warning("! media %s failed: %s", op, exc)
+            else:
+                if reply.get("result") not in ("ok", "pong"):
+                    log.warning("! media %s: %s", op, reply.get("error-reason"))
+        metrics.MEDIA_COMMANDS.labels(
+            op, "ok" if reply and reply.get("result") == "ok" else "error"
+        ).inc()
+        if action.token:
+            self.proxy.media_result(action.token, reply, self._loop.time())
+            self._flush()
 
     def _note(self, note: Note) -> None:
         kind = note.kind
@@ -113,6 +162,8 @@ class ProxyRunner:
         elif kind == "upstream_up":
             metrics.UPSTREAM_UP.labels(note.detail).set(1)
             log.info("= upstream up %s", note.detail)
+        elif kind == "media_failed":
+            log.warning("! media layer refused: %s", note.detail)
         elif kind == "session_refresh_absorbed":
             metrics.SESSION_REFRESH_ABSORBED.inc()
         elif kind == "dialog_started":
@@ -143,3 +194,5 @@ class ProxyRunner:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for task in list(self._media_tasks):
+            task.cancel()
