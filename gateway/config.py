@@ -1,7 +1,8 @@
 """Gateway configuration: one TOML file, environment overrides, validation at start-up.
 
 The file has one table per dataclass below (``[listen]``, ``[tls]``, ``[upstream]``,
-``[sip]``, ``[security]``, ``[websocket]``, ``[metrics]``, ``[log]``, ``[general]``);
+``[sip]``, ``[security]``, ``[websocket]``, ``[media]``, ``[metrics]``, ``[log]``,
+``[general]``);
 ``config/gateway.toml`` documents every key.  Any key can be overridden from the
 environment as ``GATEWAY_<TABLE>_<KEY>`` (``GATEWAY_UPSTREAM_SERVERS``,
 ``GATEWAY_LISTEN_SIP_TLS``), typed by the field: booleans take true/false/1/0/yes/no,
@@ -37,6 +38,7 @@ __all__ = [
     "GeneralConfig",
     "ListenConfig",
     "LogConfig",
+    "MediaConfig",
     "MetricsConfig",
     "SecurityConfig",
     "SipConfig",
@@ -65,6 +67,14 @@ MAX_UDP_MTU: Final = 65_507
 MIN_PROBE_INTERVAL: Final = 0.5
 #: Shortest non-empty ``security.flow_token_secret``, in characters.
 MIN_SECRET_LENGTH: Final = 32
+#: Bounds of ``media.port_range`` (no privileged ports).
+MIN_MEDIA_PORT: Final = 1024
+MAX_MEDIA_PORT: Final = 65535
+#: Fewest ports each media worker (or the in-process engine) must get: two calls, each a
+#: WebRTC port and an RTP/RTCP pair.
+MIN_MEDIA_PORTS: Final = 8
+#: Most media worker processes.
+MAX_MEDIA_WORKERS: Final = 1024
 
 TRANSPORTS: Final = ("udp", "tcp", "tls")
 MODES: Final = ("path", "contact-rewrite")
@@ -219,6 +229,35 @@ class WebSocketConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MediaConfig:
+    """``[media]``: the media relay and its NG (rtpengine protocol) control socket."""
+
+    enabled: bool = False
+    """Anchor call media on the gateway (WebRTC <-> plain RTP)."""
+    port_range: str = "40000-49999"
+    """UDP ports for media, ``LOW-HIGH`` inclusive; split evenly between workers."""
+    public_ip: str = ""
+    """IP address written into SDP (browsers and the switch send media there); required
+    when enabled."""
+    bind_ip: str = "0.0.0.0"
+    """IP address media sockets bind to."""
+    control: str = "127.0.0.1:22222"
+    """host:port of the NG control socket (rtpengine's protocol and default port)."""
+    control_allow_remote: bool = False
+    """Allow media.control on a non-loopback address (the NG protocol has no auth)."""
+    workers: int = 0
+    """0: media in the main process; N: N worker processes; -1: one per CPU core."""
+    timeout: float = 60.0
+    """Seconds without RTP from a peer meant to send before the call is ended."""
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        """``port_range`` as (low, high)."""
+        low, _, high = self.port_range.partition("-")
+        return int(low), int(high)
+
+
+@dataclass(frozen=True, kw_only=True)
 class MetricsConfig:
     """``[metrics]``: the internal Prometheus listener."""
 
@@ -262,6 +301,8 @@ class Config:
     """``[security]``."""
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     """``[websocket]``."""
+    media: MediaConfig = field(default_factory=MediaConfig)
+    """``[media]``."""
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     """``[metrics]``."""
     log: LogConfig = field(default_factory=LogConfig)
@@ -278,6 +319,7 @@ _TABLES: Final[dict[str, type[Any]]] = {
     "sip": SipConfig,
     "security": SecurityConfig,
     "websocket": WebSocketConfig,
+    "media": MediaConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,
     "general": GeneralConfig,
@@ -815,6 +857,45 @@ def _state_dir(value: str, name: str) -> str:
     return value
 
 
+def _port_range(value: str, name: str) -> str:
+    low, sep, high = value.partition("-")
+    lo, hi = _port(low.strip()), _port(high.strip())
+    if not sep or lo is None or hi is None:
+        raise ConfigError(
+            f"{name}: {value!r} is not a port range; expected LOW-HIGH, e.g. '40000-49999'"
+        )
+    if lo < MIN_MEDIA_PORT or hi - lo + 1 < MIN_MEDIA_PORTS:
+        raise ConfigError(
+            f"{name}: {value!r} is out of range; expected ports from {MIN_MEDIA_PORT} to "
+            f"{MAX_MEDIA_PORT}, at least {MIN_MEDIA_PORTS} of them, LOW below HIGH"
+        )
+    return f"{lo}-{hi}"
+
+
+def _ip_or_empty(example: str) -> Callable[[str, str], str]:
+    def check(value: str, name: str) -> str:
+        if not value:
+            return value
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {value!r} is not an IP address; expected e.g. {example!r}"
+            ) from None
+        return str(address)
+
+    return check
+
+
+def _media_workers(value: int, name: str) -> int:
+    if value < -1 or value > MAX_MEDIA_WORKERS:
+        raise ConfigError(
+            f"{name}: {value} is out of range; expected -1 (one per CPU core), 0 (in-process) "
+            f"or a number of worker processes up to {MAX_MEDIA_WORKERS}"
+        )
+    return value
+
+
 def _servers(value: str, name: str) -> tuple[UpstreamServer, ...]:
     return parse_upstream_servers(value, name)
 
@@ -877,6 +958,17 @@ def _build(loader: _Loader) -> Config | None:
         ping_interval=g("websocket", "ping_interval", 20.0, _zero_or_more("seconds", "no pings")),
         idle_timeout=g("websocket", "idle_timeout", 120.0, _zero_or_more("seconds", "never")),
     )
+    md = "media"
+    media = MediaConfig(
+        enabled=g(md, "enabled", False, lambda v, n: v),
+        port_range=g(md, "port_range", "40000-49999", _port_range),
+        public_ip=g(md, "public_ip", "", _ip_or_empty("203.0.113.10")),
+        bind_ip=g(md, "bind_ip", "0.0.0.0", _ip_or_empty("0.0.0.0")),
+        control=g(md, "control", "127.0.0.1:22222", _hostport),
+        control_allow_remote=g(md, "control_allow_remote", False, lambda v, n: v),
+        workers=g(md, "workers", 0, _media_workers),
+        timeout=g(md, "timeout", 60.0, _positive("seconds")),
+    )
     metrics = MetricsConfig(
         listen=g("metrics", "listen", "127.0.0.1:9100", _hostport_or_empty),
     )
@@ -889,6 +981,7 @@ def _build(loader: _Loader) -> Config | None:
         drain_timeout=g("general", "drain_timeout", 30.0, _zero_or_more("seconds", "exit at once")),
     )
     listen = _cross_check(loader, listen, tls, sip)
+    _check_media(loader, media)
     if loader.errors:
         return None
     return Config(
@@ -898,6 +991,7 @@ def _build(loader: _Loader) -> Config | None:
         sip=sip,
         security=security,
         websocket=websocket,
+        media=media,
         metrics=metrics,
         log=log,
         general=general,
@@ -961,6 +1055,59 @@ def _cross_check(
         advertised_ws_host=listen.advertised_ws_host or DEFAULT_WS_HOST,
         max_message_size=listen.max_message_size,
     )
+
+
+def _check_media(loader: _Loader, media: MediaConfig) -> None:
+    """Checks across [media] keys (skipped where a key already failed)."""
+
+    def ok(*keys: str) -> bool:
+        return not any(f"media.{k}" in loader.bad for k in keys)
+
+    if ok("enabled", "public_ip") and media.enabled and not media.public_ip:
+        loader.fail(
+            "media",
+            "public_ip",
+            f"{loader.name('media', 'public_ip')}: '' is empty but media.enabled is true; set "
+            "the IP address browsers and the switch send media to, e.g. '203.0.113.10'",
+        )
+    if ok("public_ip") and media.public_ip in _UNSPECIFIED_HOSTS:
+        loader.fail(
+            "media",
+            "public_ip",
+            f"{loader.name('media', 'public_ip')}: {media.public_ip!r} is not an address peers "
+            "can send to; set the gateway's public IP, e.g. '203.0.113.10'",
+        )
+    if ok("bind_ip") and not media.bind_ip:
+        loader.fail(
+            "media",
+            "bind_ip",
+            f"{loader.name('media', 'bind_ip')}: '' is empty; expected an IP address, "
+            "e.g. '0.0.0.0' (every IPv4 address)",
+        )
+    if ok("control", "control_allow_remote"):
+        host, _ = parse_hostport(media.control, "media.control")
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if not loopback and not media.control_allow_remote:
+            loader.fail(
+                "media",
+                "control",
+                f"{loader.name('media', 'control')}: {media.control!r} is not a loopback "
+                "address and the NG protocol has no authentication; use '127.0.0.1:22222', "
+                "or set media.control_allow_remote = true behind a firewall",
+            )
+    if ok("workers", "port_range") and media.workers > 0:
+        low, high = media.ports
+        if (high - low + 1) // media.workers < MIN_MEDIA_PORTS:
+            loader.fail(
+                "media",
+                "workers",
+                f"{loader.name('media', 'workers')}: {media.workers} workers do not fit in "
+                f"media.port_range {media.port_range!r}; each needs at least "
+                f"{MIN_MEDIA_PORTS} ports",
+            )
 
 
 def config_from_dict(data: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Config:

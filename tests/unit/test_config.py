@@ -24,6 +24,7 @@ from gateway.config import (
     GeneralConfig,
     ListenConfig,
     LogConfig,
+    MediaConfig,
     MetricsConfig,
     SecurityConfig,
     SipConfig,
@@ -55,6 +56,7 @@ TABLES: dict[str, type[Any]] = {
     "sip": SipConfig,
     "security": SecurityConfig,
     "websocket": WebSocketConfig,
+    "media": MediaConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,
     "general": GeneralConfig,
@@ -128,6 +130,13 @@ def test_minimal_config_takes_every_default() -> None:
     assert (config.log.level, config.log.sip_trace) == ("info", False)
     assert config.general.state_dir == Path("./run")
     assert config.general.drain_timeout == 30.0
+    assert config.media == MediaConfig()
+    assert config.media.enabled is False
+    assert (config.media.port_range, config.media.ports) == ("40000-49999", (40000, 49999))
+    assert (config.media.public_ip, config.media.bind_ip) == ("", "0.0.0.0")
+    assert config.media.control == "127.0.0.1:22222"
+    assert config.media.control_allow_remote is False
+    assert (config.media.workers, config.media.timeout) == (0, 60.0)
 
 
 def test_config_is_frozen_and_keyword_only() -> None:
@@ -481,6 +490,72 @@ ERROR_CASES: list[tuple[dict[str, Any], str]] = [
         "log.sip_trace: 1 is an integer; expected true or false",
     ),
     (
+        {"media": {"enabled": True}},
+        "media.public_ip: '' is empty but media.enabled is true; set the IP address browsers "
+        "and the switch send media to, e.g. '203.0.113.10'",
+    ),
+    (
+        {"media": {"public_ip": "media.example.com"}},
+        "media.public_ip: 'media.example.com' is not an IP address; expected e.g. '203.0.113.10'",
+    ),
+    (
+        {"media": {"public_ip": "0.0.0.0"}},
+        "media.public_ip: '0.0.0.0' is not an address peers can send to; set the gateway's "
+        "public IP, e.g. '203.0.113.10'",
+    ),
+    (
+        {"media": {"bind_ip": ""}},
+        "media.bind_ip: '' is empty; expected an IP address, e.g. '0.0.0.0' (every IPv4 address)",
+    ),
+    (
+        {"media": {"port_range": "40000"}},
+        "media.port_range: '40000' is not a port range; expected LOW-HIGH, e.g. '40000-49999'",
+    ),
+    (
+        {"media": {"port_range": "100-2000"}},
+        "media.port_range: '100-2000' is out of range; expected ports from 1024 to 65535, at "
+        "least 8 of them, LOW below HIGH",
+    ),
+    (
+        {"media": {"port_range": "41000-40000"}},
+        "media.port_range: '41000-40000' is out of range; expected ports from 1024 to 65535, "
+        "at least 8 of them, LOW below HIGH",
+    ),
+    (
+        {"media": {"port_range": "40000-70000"}},
+        "media.port_range: '40000-70000' is not a port range; expected LOW-HIGH, e.g. "
+        "'40000-49999'",
+    ),
+    (
+        {"media": {"control": "0.0.0.0:22222"}},
+        "media.control: '0.0.0.0:22222' is not a loopback address and the NG protocol has no "
+        "authentication; use '127.0.0.1:22222', or set media.control_allow_remote = true "
+        "behind a firewall",
+    ),
+    (
+        {"media": {"control": "localhost"}},
+        "media.control: 'localhost' has no port; expected host:port, e.g. '127.0.0.1:5060' "
+        "or '[::1]:5060'",
+    ),
+    (
+        {"media": {"workers": -2}},
+        "media.workers: -2 is out of range; expected -1 (one per CPU core), 0 (in-process) "
+        "or a number of worker processes up to 1024",
+    ),
+    (
+        {"media": {"workers": 3, "port_range": "40000-40019"}},
+        "media.workers: 3 workers do not fit in media.port_range '40000-40019'; each needs at "
+        "least 8 ports",
+    ),
+    (
+        {"media": {"timeout": 0}},
+        "media.timeout: 0.0 is out of range; expected more than 0 seconds",
+    ),
+    (
+        {"media": {"workers": "4"}},
+        "media.workers: '4' is a string; expected an integer",
+    ),
+    (
         {"general": {"state_dir": ""}},
         "general.state_dir: '' is empty; expected a directory path, e.g. './run'",
     ),
@@ -545,7 +620,7 @@ def test_every_problem_is_reported_at_once() -> None:
         (
             {"database": {"url": "x"}},
             "database: unknown table; expected one of [listen], [tls], [upstream], [sip], "
-            "[security], [websocket], [metrics], [log], [general]",
+            "[security], [websocket], [media], [metrics], [log], [general]",
         ),
         (
             {"listen": {"wsss": "0.0.0.0:8443"}},
@@ -997,7 +1072,7 @@ def test_cli_check_config_on_a_broken_file(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         "webrtc-sip-gateway: config error: extra: unknown table; expected one of [listen], "
-        "[tls], [upstream], [sip], [security], [websocket], [metrics], [log], [general]",
+        "[tls], [upstream], [sip], [security], [websocket], [media], [metrics], [log], [general]",
         "webrtc-sip-gateway: config error: upstream.mode: 'pth' is not a mode; expected path "
         "or contact-rewrite",
     ]
@@ -1027,4 +1102,51 @@ def test_cli_missing_file_without_check_exits_2(tmp_path: Path) -> None:
         f"webrtc-sip-gateway: config error: {path}: config file not found; pass --config "
         "with the path of your gateway.toml (config/gateway.toml in the repository "
         "documents every key)\n"
+    )
+
+
+# --------------------------------------------------------------------------- [media]
+
+
+def test_media_enabled_with_remote_control_and_workers() -> None:
+    config = config_from_dict(
+        minimal(
+            media={
+                "enabled": True,
+                "public_ip": "203.0.113.10",
+                "bind_ip": "::",
+                "control": "[::1]:22223",
+                "port_range": " 30000 - 30999 ",
+                "workers": 4,
+                "timeout": 20,
+            }
+        ),
+        {},
+    )
+    media = config.media
+    assert media.enabled and media.public_ip == "203.0.113.10" and media.bind_ip == "::"
+    assert (media.control, media.port_range, media.ports) == (
+        "[::1]:22223",
+        "30000-30999",
+        (30000, 30999),
+    )
+    assert (media.workers, media.timeout) == (4, 20.0)
+    remote = config_from_dict(
+        minimal(media={"control": "10.0.0.5:22222", "control_allow_remote": True}), {}
+    )
+    assert remote.media.control == "10.0.0.5:22222"
+    assert config_from_dict(minimal(media={"workers": -1}), {}).media.workers == -1
+
+
+def test_media_env_overrides() -> None:
+    env = {
+        "GATEWAY_MEDIA_ENABLED": "yes",
+        "GATEWAY_MEDIA_PUBLIC_IP": "192.0.2.7",
+        "GATEWAY_MEDIA_WORKERS": "2",
+    }
+    media = config_from_dict(MINIMAL, env).media
+    assert (media.enabled, media.public_ip, media.workers) == (True, "192.0.2.7", 2)
+    assert error_of(MINIMAL, {"GATEWAY_MEDIA_ENABLED": "true"}) == (
+        "media.public_ip: '' is empty but media.enabled is true; set the IP address browsers "
+        "and the switch send media to, e.g. '203.0.113.10'"
     )

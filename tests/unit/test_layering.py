@@ -16,7 +16,7 @@ ALLOWED_GATEWAY_IMPORTS = {
     "sip": {"gateway.sip"},
     "sdp": {"gateway.sdp"},
     "proxy": {"gateway.proxy", "gateway.sip", "gateway.sdp"},
-    "media": {"gateway.media"},
+    "media": {"gateway.media", "gateway.sdp"},
 }
 
 

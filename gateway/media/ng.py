@@ -1,0 +1,1232 @@
+"""rtpengine NG control protocol, sans-I/O: bencode, datagram framing and the command logic.
+
+The signalling side drives the media layer with a documented subset of Sipwise rtpengine's
+*ng* protocol (rtpengine ``docs/ng_control_protocol.md``), so a Kamailio or OpenSIPS
+``rtpengine`` module can be pointed at the gateway's media workers unchanged.
+
+Wire format: one UDP datagram per message, ``<cookie> <bencoded dictionary>``. The cookie
+(printable, no space) matches a response to its request and detects retransmissions; the
+response carries the request's cookie. Only bencode is spoken (rtpengine also takes JSON).
+
+Commands (:class:`NgCommands`):
+
+``ping``
+    ``{"result": "pong"}``.
+``offer`` (``sdp``, ``call-id``, ``from-tag``)
+    Which side is WebRTC is decided as rtpengine decides it: by the offer's own profile and
+    the requested ``transport-protocol``. A DTLS-SRTP offer (``UDP/TLS/RTP/SAVPF``) with
+    ``transport-protocol`` ``RTP/AVP`` or ``RTP/AVPF`` comes from a browser and is rewritten
+    to the lean plain SDP for the switch; a plain ``RTP/AVP`` offer with
+    ``transport-protocol`` ``UDP/TLS/RTP/SAVPF`` (or ``RTP/SAVPF``; add ``ICE=force``) comes
+    from the switch and is rewritten to a WebRTC offer (ICE-lite, DTLS ``actpass``, or
+    ``passive`` with ``DTLS=passive``). A re-offer on a known call (re-INVITE, hold) updates
+    the session (direction, new remote address) and keeps the DTLS association.
+``answer`` (``sdp``, ``call-id``, ``from-tag``, ``to-tag``)
+    Rewritten for the offerer (the profile the offer came in); completes the session.
+``delete`` (``call-id`` [, ``from-tag``])
+    Ends the call; the reply carries the ``query`` statistics. An unknown call is a warning,
+    an error with ``flags: ["fatal"]``.
+``query`` (``call-id``)
+    ``created``, ``last signal``, ``tags`` (one per participant, rtpengine's layout),
+    ``totals``, and ``legs``: the gateway's own per-leg counters.
+``list`` / ``statistics``
+    Call-ids (``limit``, default 32) / rtpengine-style ``statistics`` plus ``media``
+    (sessions and ports in use).
+
+Keys are matched case-insensitively with ``-``, ``_`` and space equivalent
+(``transport-protocol`` = ``transport protocol``). Supported offer keys: ``ICE``
+(``default``, ``force``, ``optional``, ``remove``), ``DTLS`` (``passive``, ``active``,
+``off``/``no``/``disable``), ``transport-protocol``, ``rtcp-mux`` (``offer``, ``require``,
+``demux``, ``accept``, ``reject``), ``codec`` (``strip``, ``mask``, ``except``, ``offer``,
+``transcode``; also as ``codec-strip-X`` flags), ``replace`` (``origin``,
+``session-connection``: always done), ``direction`` (interface names: one interface,
+accepted and ignored), ``supports`` (``load limit``). Unknown keys and flags are ignored, as
+rtpengine ignores unknown flags. What the media layer cannot do is an error with a reason
+(``DTLS=off`` toward a browser: no SDES; ``ICE=remove`` toward a browser; ``ICE=force-relay``;
+``codec-transcode`` of a codec the offer lacks: the bridge relays payload only until the
+codec layer is wired in; WebRTC to WebRTC or plain to plain).
+
+Exceptions::
+
+    NgError                   base class
+    ├── BencodeError          malformed or over-limit bencode (reply with an error)
+    └── NgDrop                datagram that cannot be answered (no usable cookie)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.media.ports import PortsExhausted
+from gateway.sdp.errors import SdpError
+from gateway.sdp.model import SessionDescription, parse
+from gateway.sdp.rewrite import (
+    PLAIN_PROTOS,
+    WEBRTC_PROTOS,
+    Codec,
+    MediaParams,
+    first_audio,
+    to_plain,
+    to_webrtc,
+)
+
+__all__ = [
+    "BValue",
+    "BencodeError",
+    "NgBackend",
+    "NgCommands",
+    "NgDrop",
+    "NgError",
+    "NgRequest",
+    "NgSession",
+    "bdecode",
+    "bencode",
+    "encode_message",
+    "error_reply",
+    "parse_message",
+    "MAX_MESSAGE_SIZE",
+    "MAX_COOKIE_LENGTH",
+    "MAX_DEPTH",
+    "MAX_ITEMS",
+    "MAX_INT_DIGITS",
+    "MAX_CALLS",
+    "LIST_LIMIT",
+]
+
+MAX_MESSAGE_SIZE = 65535
+"""Largest NG datagram accepted or produced, in bytes (a UDP payload)."""
+MAX_COOKIE_LENGTH = 64
+"""Longest cookie accepted (Kamailio sends ~20 characters)."""
+MAX_DEPTH = 16
+"""Deepest nesting of lists/dictionaries in a bencoded document."""
+MAX_ITEMS = 4096
+"""Most values (strings, integers, containers) in one bencoded document."""
+MAX_INT_DIGITS = 20
+"""Longest integer literal, sign excluded (fits a signed 64-bit value)."""
+MAX_CALLS = 100_000
+"""Calls one :class:`NgCommands` holds before answering ``load limit`` / an error."""
+LIST_LIMIT = 32
+"""Default ``limit`` of the ``list`` command (rtpengine's)."""
+NTP_OFFSET = 2_208_988_800
+"""Seconds from 1900 (NTP era) to 1970: o= session ids are NTP times (RFC 8866 §5.2)."""
+
+BValue = int | bytes | list["BValue"] | dict[bytes, "BValue"]
+"""A decoded bencode value: byte strings stay bytes."""
+
+_DIGITS = frozenset(b"0123456789")
+_COOKIE_RE = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_COOKIE_LENGTH)
+
+
+class NgError(Exception):
+    """Base class of the NG core's exceptions; ``str(exc)`` is the reason."""
+
+
+class BencodeError(NgError):
+    """Malformed or over-limit bencode; the message says what and at which offset."""
+
+
+class NgDrop(NgError):
+    """A datagram no reply can be sent to (no cookie): drop it and count ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _CommandError(NgError):
+    """A command that fails; ``str(exc)`` becomes ``error-reason``."""
+
+
+# --------------------------------------------------------------------------- bencode
+
+
+def bencode(value: object) -> bytes:
+    """Encode ``value``: str (UTF-8), bytes, int, list/tuple, dict with str/bytes keys.
+
+    Dictionary keys are written in sorted order of their bytes (the bencode rule).
+
+    Raises:
+        BencodeError: a value of another type (bool, float, None...), or a key that is
+            not a string.
+    """
+    out: list[bytes] = []
+    _encode(value, out, 0)
+    return b"".join(out)
+
+
+def _encode(value: object, out: list[bytes], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise BencodeError(f"cannot encode: nested deeper than {MAX_DEPTH}")
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        raise BencodeError(f"cannot encode {type(value).__name__} {value!r}")
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if isinstance(value, bytes | bytearray):
+        out.append(b"%d:" % len(value))
+        out.append(bytes(value))
+    elif isinstance(value, int):
+        out.append(b"i%de" % value)
+    elif isinstance(value, list | tuple):
+        out.append(b"l")
+        for item in value:
+            _encode(item, out, depth + 1)
+        out.append(b"e")
+    elif isinstance(value, dict):
+        items: list[tuple[bytes, object]] = []
+        for key, item in value.items():
+            if isinstance(key, str):
+                key = key.encode("utf-8")
+            if not isinstance(key, bytes):
+                raise BencodeError(f"cannot encode dictionary key {key!r}: not a string")
+            items.append((key, item))
+        items.sort(key=lambda kv: kv[0])
+        out.append(b"d")
+        for key, item in items:
+            out.append(b"%d:" % len(key))
+            out.append(key)
+            _encode(item, out, depth + 1)
+        out.append(b"e")
+    else:
+        raise BencodeError(f"cannot encode {type(value).__name__}")
+
+
+class _Decoder:
+    __slots__ = ("data", "pos", "items")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+        self.items = 0
+
+    def truncated(self) -> BencodeError:
+        return BencodeError(f"truncated at offset {len(self.data)}")
+
+    def value(self, depth: int) -> BValue:
+        data = self.data
+        if self.pos >= len(data):
+            raise self.truncated()
+        self.items += 1
+        if self.items > MAX_ITEMS:
+            raise BencodeError(f"more than {MAX_ITEMS} values")
+        lead = data[self.pos]
+        if lead == 0x69:  # "i"
+            return self.integer()
+        if lead in _DIGITS:
+            return self.string()
+        if lead in (0x6C, 0x64):  # "l", "d"
+            if depth >= MAX_DEPTH:
+                raise BencodeError(f"nested deeper than {MAX_DEPTH} at offset {self.pos}")
+            self.pos += 1
+            return self.list(depth) if lead == 0x6C else self.dict(depth)
+        raise BencodeError(f"unexpected byte 0x{lead:02x} at offset {self.pos}")
+
+    def integer(self) -> int:
+        data, start = self.data, self.pos
+        end = data.find(b"e", start + 1, start + MAX_INT_DIGITS + 3)
+        if end < 0:
+            body = data[start + 1 : start + MAX_INT_DIGITS + 3]
+            if len(body) < MAX_INT_DIGITS + 2 and all(c in _DIGITS or c == 0x2D for c in body):
+                raise self.truncated()
+            raise BencodeError(f"bad integer at offset {start}")
+        text = data[start + 1 : end]
+        digits = text[1:] if text.startswith(b"-") else text
+        if (
+            not digits
+            or not all(c in _DIGITS for c in digits)
+            or (digits[0] == 0x30 and len(digits) > 1)
+            or text == b"-0"
+            or len(digits) > MAX_INT_DIGITS
+        ):
+            raise BencodeError(f"bad integer at offset {start}")
+        self.pos = end + 1
+        return int(text)
+
+    def string(self) -> bytes:
+        data, start = self.data, self.pos
+        colon = data.find(b":", start, start + MAX_INT_DIGITS + 1)
+        if colon < 0:
+            body = data[start : start + MAX_INT_DIGITS + 1]
+            if len(body) <= MAX_INT_DIGITS and all(c in _DIGITS for c in body):
+                raise self.truncated()
+            raise BencodeError(f"bad string length at offset {start}")
+        digits = data[start:colon]
+        if not all(c in _DIGITS for c in digits) or (digits[0] == 0x30 and len(digits) > 1):
+            raise BencodeError(f"bad string length at offset {start}")
+        length = int(digits)
+        # Checked against what is left before slicing: a huge length allocates nothing.
+        if length > len(data) - colon - 1:
+            raise self.truncated()
+        self.pos = colon + 1 + length
+        return data[colon + 1 : self.pos]
+
+    def list(self, depth: int) -> list[BValue]:
+        result: list[BValue] = []
+        while True:
+            if self.pos >= len(self.data):
+                raise self.truncated()
+            if self.data[self.pos] == 0x65:  # "e"
+                self.pos += 1
+                return result
+            result.append(self.value(depth + 1))
+
+    def dict(self, depth: int) -> dict[bytes, BValue]:
+        result: dict[bytes, BValue] = {}
+        while True:
+            if self.pos >= len(self.data):
+                raise self.truncated()
+            if self.data[self.pos] == 0x65:
+                self.pos += 1
+                return result
+            at = self.pos
+            if self.data[at] not in _DIGITS:
+                raise BencodeError(f"dictionary key is not a string at offset {at}")
+            self.items += 1
+            key = self.string()
+            # rtpengine does not sort its keys (its docs say so): order is not checked.
+            if key in result:
+                raise BencodeError(f"duplicate dictionary key {key!r} at offset {at}")
+            result[key] = self.value(depth + 1)
+
+
+def bdecode(data: bytes) -> BValue:
+    """Decode one complete bencoded value.
+
+    Strict: integers without leading zeros or ``-0``, string lengths without leading zeros,
+    string dictionary keys without duplicates, nothing after the value. Dictionary key order
+    is not checked (rtpengine does not sort its keys).
+
+    Raises:
+        BencodeError: ``empty input``; ``truncated at offset N`` (the input ends inside a
+            value: every proper prefix of a valid document raises this); ``unexpected byte
+            0xNN at offset N``; ``bad integer at offset N``; ``bad string length at offset
+            N``; ``dictionary key is not a string at offset N``; ``duplicate dictionary key
+            b'k' at offset N``; ``trailing data at offset N``; ``nested deeper than 16 at
+            offset N``; ``more than 4096 values``; ``input larger than 65535 bytes``.
+    """
+    if not data:
+        raise BencodeError("empty input")
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise BencodeError(f"input larger than {MAX_MESSAGE_SIZE} bytes")
+    decoder = _Decoder(bytes(data))
+    value = decoder.value(0)
+    if decoder.pos != len(data):
+        raise BencodeError(f"trailing data at offset {decoder.pos}")
+    return value
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class NgRequest:
+    """One NG request: its cookie and its dictionary (byte strings decoded as UTF-8)."""
+
+    cookie: bytes
+    body: dict[str, object]
+
+
+def _text(value: BValue) -> object:
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    if isinstance(value, dict):
+        return {k.decode("utf-8"): _text(v) for k, v in value.items()}
+    return value
+
+
+def parse_message(datagram: bytes) -> NgRequest:
+    """Split ``<cookie> <bencoded dict>`` and decode the dictionary.
+
+    Raises:
+        NgDrop: no reply is possible: ``too large`` (over :data:`MAX_MESSAGE_SIZE`),
+            ``no cookie`` (no space, or an empty, over-long or non-printable cookie).
+        BencodeError: the cookie is usable but the body is not a bencoded dictionary of
+            UTF-8 strings (reply with :func:`error_reply`): the bencode reasons of
+            :func:`bdecode`, ``not a dictionary``, ``not UTF-8``.
+    """
+    if len(datagram) > MAX_MESSAGE_SIZE:
+        raise NgDrop("too large")
+    cookie, space, rest = datagram.partition(b" ")
+    if not space or _COOKIE_RE.fullmatch(cookie) is None:
+        raise NgDrop("no cookie")
+    value = bdecode(rest)
+    if not isinstance(value, dict):
+        raise BencodeError("not a dictionary")
+    try:
+        body = _text(value)
+    except UnicodeDecodeError:
+        raise BencodeError("not UTF-8") from None
+    assert isinstance(body, dict)
+    return NgRequest(cookie, body)
+
+
+def encode_message(cookie: bytes, body: dict[str, object]) -> bytes:
+    """``<cookie> <bencoded body>``; a reply too large for a datagram becomes an error.
+
+    Raises:
+        BencodeError: ``body`` holds a value bencode cannot carry (a programming error).
+    """
+    data = cookie + b" " + bencode(body)
+    if len(data) > MAX_MESSAGE_SIZE:
+        data = cookie + b" " + bencode(error_reply("reply too large for one datagram"))
+    return data
+
+
+def error_reply(reason: str) -> dict[str, object]:
+    """The NG error reply: ``{"result": "error", "error-reason": reason}``."""
+    return {"result": "error", "error-reason": reason}
+
+
+# --------------------------------------------------------------------------- backend
+
+
+class WebRtcSide(Protocol):
+    """What the command logic reads from a session's WebRTC leg."""
+
+    @property
+    def local_port(self) -> int: ...
+    @property
+    def ice_ufrag(self) -> str: ...
+    @property
+    def ice_pwd(self) -> str: ...
+    @property
+    def fingerprint(self) -> str:
+        """``"sha-256 AB:CD:..."``."""
+        ...
+
+    @property
+    def dtls_role(self) -> str: ...
+
+
+class RtpSide(Protocol):
+    """What the command logic reads from a session's plain RTP leg."""
+
+    @property
+    def local_port(self) -> int: ...
+    @property
+    def local_rtcp_port(self) -> int: ...
+
+
+class NgSession(Protocol):
+    """One call's media (``gateway.transport.media.MediaSession`` has this shape)."""
+
+    @property
+    def webrtc(self) -> WebRtcSide: ...
+    @property
+    def rtp(self) -> RtpSide: ...
+    @property
+    def stats(self) -> dict[str, object]: ...
+
+    def set_webrtc_remote(
+        self,
+        *,
+        ice_ufrag: str,
+        ice_pwd: str,
+        fingerprint: tuple[str, str],
+        setup: str,
+        candidates: list[tuple[str, int]],
+    ) -> None: ...
+    def set_rtp_remote(self, *, address: str, port: int, rtcp_port: int | None) -> None: ...
+    def set_payload_map(self, *, to_rtp: dict[int, int], to_webrtc: dict[int, int]) -> None: ...
+    def set_direction(self, leg: str, direction: str) -> None: ...
+
+
+class NgBackend(Protocol):
+    """Opens and releases sessions; an adapter wraps ``MediaEngine`` in it."""
+
+    @property
+    def public_ip(self) -> str:
+        """The address written into SDP (c=, o=, candidates)."""
+        ...
+
+    def open(self, call_id: str) -> NgSession:
+        """A new session. Raises PortsExhausted when the port range is full."""
+        ...
+
+    def release(self, session: NgSession) -> None:
+        """Close ``session`` (the adapter may finish the close asynchronously)."""
+        ...
+
+    def sessions(self) -> int: ...
+    def ports_in_use(self) -> int: ...
+
+
+# --------------------------------------------------------------------------- options
+
+WEBRTC = "webrtc"
+PLAIN = "plain"
+_LEG = {WEBRTC: "webrtc", PLAIN: "rtp"}
+_TRANSPORTS = {
+    "rtp/avp": PLAIN,
+    "rtp/avpf": PLAIN,
+    "rtp/savp": WEBRTC,
+    "rtp/savpf": WEBRTC,
+    "udp/tls/rtp/savp": WEBRTC,
+    "udp/tls/rtp/savpf": WEBRTC,
+}
+_ICE = frozenset({"default", "force", "optional", "remove", "force-relay"})
+_DTLS = {"off": "off", "no": "off", "disable": "off", "passive": "passive", "active": "active"}
+_RTCP_MUX = frozenset({"offer", "require", "demux", "accept", "reject"})
+_CODEC_LISTS = ("strip", "mask", "except", "offer", "transcode", "accept", "consume", "set")
+_SILENT_CODEC_KEYS = frozenset({"accept", "set"})
+
+
+def _norm(key: str) -> str:
+    return key.lower().replace("_", " ").replace("-", " ")
+
+
+@dataclass
+class _Options:
+    """The offer/answer keys the gateway acts on, checked."""
+
+    transport: str | None = None
+    ice: str | None = None
+    dtls: str | None = None
+    rtcp_mux: frozenset[str] = frozenset()
+    strip: list[str] = field(default_factory=list)
+    mask: list[str] = field(default_factory=list)
+    keep: list[str] = field(default_factory=list)  # except + offer
+    offer: list[str] = field(default_factory=list)
+    transcode: list[str] = field(default_factory=list)
+    fatal: bool = False
+    load_limit: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def _strings(value: object, key: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise _CommandError(f"'{key}' must be a string or a list of strings")
+
+
+def _options(body: dict[str, object]) -> _Options:
+    opts = _Options()
+    codec: dict[str, list[str]] = {name: [] for name in _CODEC_LISTS}
+    for raw_key, value in body.items():
+        key = _norm(raw_key)
+        if key == "transport protocol":
+            text = _string(value, raw_key)
+            if text.lower() == "accept":
+                continue
+            if text.lower() not in _TRANSPORTS:
+                raise _CommandError(
+                    f"unsupported transport-protocol '{text}': expected RTP/AVP, RTP/AVPF, "
+                    "RTP/SAVP, RTP/SAVPF or UDP/TLS/RTP/SAVPF"
+                )
+            opts.transport = _TRANSPORTS[text.lower()]
+        elif key == "ice":
+            text = _string(value, raw_key).lower()
+            if text not in _ICE:
+                raise _CommandError(f"invalid ICE value '{text}'")
+            opts.ice = text
+        elif key == "dtls":
+            text = _string(value, raw_key).lower()
+            if text not in _DTLS:
+                raise _CommandError(f"invalid DTLS value '{text}'")
+            opts.dtls = _DTLS[text]
+        elif key == "rtcp mux":
+            items = {v.lower() for v in _strings(value, raw_key)}
+            bad = sorted(items - _RTCP_MUX)
+            if bad:
+                raise _CommandError(f"invalid rtcp-mux value '{bad[0]}'")
+            opts.rtcp_mux = frozenset(items)
+        elif key == "codec":
+            if not isinstance(value, dict):
+                raise _CommandError("'codec' must be a dictionary")
+            for sub, items in value.items():
+                name = _norm(sub)
+                if name not in codec:
+                    raise _CommandError(f"unsupported codec manipulation '{sub}'")
+                codec[name] += _strings(items, f"codec.{sub}")
+        elif key == "flags":
+            for flag in _strings(value, raw_key):
+                norm = _norm(flag)
+                if norm == "fatal":
+                    opts.fatal = True
+                elif norm.startswith("codec "):
+                    # rtpengine: codec manipulations may be flags "codec-strip-PCMA".
+                    parts = flag.split("-", 2)
+                    if len(parts) == 3 and _norm(parts[1]) in codec:
+                        codec[_norm(parts[1])].append(parts[2])
+        elif key == "supports":
+            opts.load_limit = "load limit" in {_norm(v) for v in _strings(value, raw_key)}
+    for name in ("consume",):
+        if codec[name]:
+            raise _CommandError(
+                f"codec-{name} needs the transcoding engine, which the media workers do not "
+                "run yet (payload passthrough only)"
+            )
+    for name in _SILENT_CODEC_KEYS:
+        if codec[name]:
+            opts.warnings.append(f"codec-{name} ignored: no transcoding engine")
+    opts.strip, opts.mask = codec["strip"], codec["mask"]
+    opts.keep = codec["except"] + codec["offer"]
+    opts.offer, opts.transcode = codec["offer"], codec["transcode"]
+    return opts
+
+
+def _string(value: object, key: str) -> str:
+    if not isinstance(value, str):
+        raise _CommandError(f"'{key}' must be a string")
+    return value
+
+
+def _matches(codec: Codec, spec: str) -> bool:
+    """rtpengine codec spec: a payload type number, ``name``, ``name/clock[/channels]``."""
+    if spec.isdigit():
+        return codec.pt == int(spec)
+    parts = spec.split("/")
+    if parts[0].lower() != codec.name.lower():
+        return False
+    if len(parts) > 1 and parts[1] and parts[1] != str(codec.clock):
+        return False
+    return not (len(parts) > 2 and parts[2] and parts[2] != str(codec.channels))
+
+
+def _any(codec: Codec, specs: Iterable[str]) -> bool:
+    return any(_matches(codec, s) for s in specs)
+
+
+def _is_audio(codec: Codec) -> bool:
+    return codec.name.lower() not in ("telephone-event", "cn")
+
+
+def _apply_codecs(offered: list[Codec], opts: _Options) -> list[Codec]:
+    """The codecs to offer onward after strip/mask/except/offer/transcode.
+
+    Without a transcoding engine, ``mask`` acts as ``strip`` (a masked codec could only be
+    used by transcoding), and ``transcode`` of a codec the offer already has acts as
+    ``offer`` (rtpengine: "no transcoding will be done"); ``transcode`` of a new codec is
+    an error.
+    """
+    for spec in opts.transcode:
+        if not any(_matches(c, spec) for c in offered):
+            raise _CommandError(
+                f"codec-transcode={spec}: transcoding is not available yet (the media workers "
+                "relay payload only); the offer has no such codec to pass through"
+            )
+    removed = opts.strip + opts.mask
+    everything = any(s.lower() in ("all", "full") for s in removed)
+    named = [s for s in removed if s.lower() not in ("all", "full")]
+    keep = opts.keep + opts.transcode
+    result = [c for c in offered if _any(c, keep) or not (everything or _any(c, named))]
+    if opts.offer or opts.transcode:
+        order = opts.offer + opts.transcode
+
+        def rank(codec: Codec) -> int:
+            return next((i for i, s in enumerate(order) if _matches(codec, s)), len(order))
+
+        result.sort(key=rank)
+    if not any(_is_audio(c) for c in result):
+        # rtpengine: stripping every codec is an error and leaves the list unchanged.
+        opts.warnings.append("codec manipulation left no audio codec; offer left unchanged")
+        return list(offered)
+    return result
+
+
+def _pt_map(source: list[Codec], target: list[Codec]) -> dict[int, int]:
+    """Payload type of each ``source`` codec -> the same format's type in ``target``."""
+    result: dict[int, int] = {}
+    for codec in source:
+        match = next((t for t in target if t.same_format(codec)), None)
+        if codec.pt is not None and match is not None and match.pt is not None:
+            result[codec.pt] = match.pt
+    return result
+
+
+# --------------------------------------------------------------------------- calls
+
+
+@dataclass
+class _Origin:
+    """o= bookkeeping of the SDP sent toward one side (RFC 3264 §8: version + 1 on change)."""
+
+    session_id: int
+    version: int = 0
+    last: str | None = None
+
+
+@dataclass
+class _Pending:
+    side: str  # who offered: WEBRTC or PLAIN
+    from_tag: str
+    text: str
+    sdp: SessionDescription
+    params: MediaParams
+    onward: list[Codec]  # codecs offered to the other side
+    reply: dict[str, object]
+
+
+@dataclass
+class _Call:
+    call_id: str
+    session: NgSession
+    created: float
+    last_signal: float
+    origins: dict[str, _Origin]
+    tags: dict[str, str] = field(default_factory=dict)  # side -> SIP tag
+    tag_created: dict[str, float] = field(default_factory=dict)
+    pending: _Pending | None = None
+    last_answer: tuple[str, dict[str, object]] | None = None
+    answered: bool = False
+    protocols: dict[str, str] = field(default_factory=dict)
+
+
+def _required(body: dict[str, object], key: str) -> str:
+    for raw, value in body.items():
+        if _norm(raw) == _norm(key):
+            if not isinstance(value, str) or not value:
+                raise _CommandError(f"'{key}' must be a non-empty string")
+            return value
+    raise _CommandError(f"No {key} in message" if key != "sdp" else "No SDP body in message")
+
+
+def _optional(body: dict[str, object], key: str) -> str | None:
+    for raw, value in body.items():
+        if _norm(raw) == _norm(key):
+            if not isinstance(value, str):
+                raise _CommandError(f"'{key}' must be a string")
+            return value
+    return None
+
+
+def _addr(addr: object) -> dict[str, object]:
+    if isinstance(addr, tuple) and len(addr) == 2:
+        host, port = str(addr[0]), int(addr[1])
+        return {"family": "IPv6" if ":" in host else "IPv4", "address": host, "port": port}
+    return {}
+
+
+def _plain_value(value: object) -> object:
+    """A stats value made bencodable: tuples as "host:port", None as "", bools as 0/1."""
+    if isinstance(value, bool):
+        return int(value)
+    if value is None:
+        return ""
+    if isinstance(value, tuple):
+        return ":".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return {str(k): _plain_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_value(v) for v in value]
+    if isinstance(value, float):
+        return int(value)
+    return value
+
+
+class NgCommands:
+    """The NG command logic over a media backend: request dict in, reply dict out.
+
+    Args:
+        backend: opens and releases media sessions.
+        max_calls: calls held at once; past it an offer gets ``load limit`` (when the
+            client ``supports`` it) or an error.
+        on_release: called with the call-id whenever a call ends (delete or timeout).
+    """
+
+    def __init__(
+        self,
+        backend: NgBackend,
+        *,
+        max_calls: int = MAX_CALLS,
+        on_release: Callable[[str], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.max_calls = max_calls
+        self.on_release = on_release
+        self._calls: dict[str, _Call] = {}
+        self.started: float | None = None
+        self.managed = 0
+        self.rejected = 0
+        self.timed_out = 0
+        self.deleted = 0
+
+    # ---------------------------------------------------------------- entry points
+
+    def handle(self, body: dict[str, object], now: float) -> dict[str, object]:
+        """Run one request; never raises for bad input (the reply says what was wrong).
+
+        ``now`` is the wall clock (UNIX seconds): ``query`` reports UNIX timestamps.
+        """
+        if self.started is None:
+            self.started = now
+        command = body.get("command")
+        if not isinstance(command, str):
+            return error_reply("No command in message")
+        handler = self._COMMANDS.get(_norm(command))
+        if handler is None:
+            return error_reply("Unrecognized command")
+        try:
+            return handler(self, body, now)
+        except _CommandError as exc:
+            return error_reply(str(exc))
+        except SdpError as exc:
+            return error_reply(f"Failed to parse SDP: {exc}")
+        except ValueError as exc:
+            # The media layer refused a parameter (e.g. a fingerprint other than sha-256).
+            return error_reply(f"Unusable media parameters: {exc}")
+
+    def expire(self, call_id: str, now: float) -> bool:
+        """End ``call_id`` because its media timed out; False when it is unknown."""
+        call = self._calls.get(call_id)
+        if call is None:
+            return False
+        self.timed_out += 1
+        self._drop(call)
+        return True
+
+    def call_ids(self) -> list[str]:
+        """Calls held, oldest first."""
+        return list(self._calls)
+
+    def session_of(self, call_id: str) -> NgSession | None:
+        """The media session of ``call_id`` (for timeouts and tests)."""
+        call = self._calls.get(call_id)
+        return None if call is None else call.session
+
+    def close(self) -> None:
+        """Release every call."""
+        for call in list(self._calls.values()):
+            self._drop(call)
+
+    # ---------------------------------------------------------------- commands
+
+    def _ping(self, body: dict[str, object], now: float) -> dict[str, object]:
+        return {"result": "pong"}
+
+    def _offer(self, body: dict[str, object], now: float) -> dict[str, object]:
+        text = _required(body, "sdp")
+        call_id = _required(body, "call-id")
+        from_tag = _required(body, "from-tag")
+        opts = _options(body)
+        sdp = parse(text)
+        _, audio = first_audio(sdp)
+        side = self._profile(audio.proto)
+        call = self._calls.get(call_id)
+        if call is not None and call.pending is not None:
+            pending = call.pending
+            if pending.text == text and pending.from_tag == from_tag:
+                return pending.reply  # the same offer again (INVITE retransmission)
+        target = opts.transport
+        if target is None:
+            raise _CommandError(
+                f"{audio.proto} offer without transport-protocol: the gateway bridges WebRTC "
+                "and plain RTP only; set transport-protocol (RTP/AVP toward the switch, "
+                "UDP/TLS/RTP/SAVPF toward the browser)"
+            )
+        if target == side:
+            raise _CommandError(
+                f"transport-protocol keeps the {audio.proto} profile: only WebRTC <-> plain "
+                "RTP bridging is supported"
+            )
+        self._check_flags(opts, toward=target)
+        params = MediaParams.from_webrtc(sdp) if side == WEBRTC else MediaParams.from_plain(sdp)
+        onward = _apply_codecs(params.codecs, opts)
+        created = call is None
+        if call is None:
+            new = self._new_call(call_id, opts, now)
+            if isinstance(new, dict):
+                return new
+            call = new
+        try:
+            out = self._offer_sdp(call, side, sdp, params, onward, opts)
+        except BaseException:
+            if created:
+                self.managed -= 1
+                self._drop(call)
+            raise
+        call.tags[side] = from_tag
+        call.tag_created.setdefault(side, now)
+        call.protocols[side] = audio.proto
+        call.last_signal = now
+        reply: dict[str, object] = {"result": "ok", "sdp": out}
+        if opts.warnings:
+            reply["warning"] = "; ".join(opts.warnings)
+        call.pending = _Pending(side, from_tag, text, sdp, params, onward, reply)
+        return reply
+
+    def _offer_sdp(
+        self,
+        call: _Call,
+        side: str,
+        sdp: SessionDescription,
+        params: MediaParams,
+        onward: list[Codec],
+        opts: _Options,
+    ) -> str:
+        """Apply an offer to the session; the SDP for the other side."""
+        session = call.session
+        if side == WEBRTC:
+            self._set_webrtc(session, params, default_setup="actpass")
+            mux = (
+                "offer" in opts.rtcp_mux
+                or "require" in opts.rtcp_mux
+                or ("accept" in opts.rtcp_mux and params.rtcp_mux)
+            )
+            out = self._versioned(
+                call,
+                PLAIN,
+                lambda sid, v: to_plain(
+                    sdp,
+                    address=self.backend.public_ip,
+                    port=session.rtp.local_port,
+                    codecs=onward,
+                    session_id=sid,
+                    version=v,
+                    rtcp_mux=mux,
+                ),
+            )
+        else:
+            rtcp = params.rtcp_port if params.rtcp_port != params.port else params.port + 1
+            session.set_rtp_remote(
+                address=params.address or "0.0.0.0", port=params.port, rtcp_port=rtcp
+            )
+            session.set_direction("rtp", params.direction)
+            setup = session.webrtc.dtls_role
+            if setup == "actpass" and opts.dtls == "passive":
+                setup = "passive"
+            algorithm, value = session.webrtc.fingerprint.split(" ", 1)
+            out = self._versioned(
+                call,
+                WEBRTC,
+                lambda sid, v: to_webrtc(
+                    sdp,
+                    address=self.backend.public_ip,
+                    port=session.webrtc.local_port,
+                    ice_ufrag=session.webrtc.ice_ufrag,
+                    ice_pwd=session.webrtc.ice_pwd,
+                    fingerprint=value,
+                    setup=setup,
+                    codecs=onward,
+                    session_id=sid,
+                    version=v,
+                ),
+            )
+        return out
+
+    def _answer(self, body: dict[str, object], now: float) -> dict[str, object]:
+        text = _required(body, "sdp")
+        call_id = _required(body, "call-id")
+        _required(body, "from-tag")
+        to_tag = _required(body, "to-tag")
+        opts = _options(body)
+        call = self._calls.get(call_id)
+        if call is None:
+            raise _CommandError("Unknown call-id")
+        if call.pending is None:
+            if call.last_answer is not None and call.last_answer[0] == text:
+                return call.last_answer[1]  # the same answer again (200 OK retransmission)
+            raise _CommandError("No offer pending for this call-id")
+        pending = call.pending
+        sdp = parse(text)
+        _, audio = first_audio(sdp, accepted=False)
+        side = self._profile(audio.proto)
+        if side == pending.side:
+            raise _CommandError(
+                f"{audio.proto} answer to a {pending.sdp.media[pending.params.index].proto} "
+                "offer: the answer must come from the other side's profile"
+            )
+        session = call.session
+        if side == PLAIN:
+            params = MediaParams.from_plain(sdp)
+            mux = params.rtcp_mux or "require" in opts.rtcp_mux
+            session.set_rtp_remote(
+                address=params.address or "0.0.0.0",
+                port=params.port,
+                rtcp_port=params.port if mux else params.rtcp_port,
+            )
+            session.set_direction("rtp", params.direction)
+            session.set_payload_map(
+                to_rtp=_pt_map(pending.params.codecs, params.codecs),
+                to_webrtc=_pt_map(params.codecs, pending.params.codecs),
+            )
+            algorithm, value = session.webrtc.fingerprint.split(" ", 1)
+            out = self._versioned(
+                call,
+                WEBRTC,
+                lambda sid, v: to_webrtc(
+                    sdp,
+                    address=self.backend.public_ip,
+                    port=session.webrtc.local_port,
+                    ice_ufrag=session.webrtc.ice_ufrag,
+                    ice_pwd=session.webrtc.ice_pwd,
+                    fingerprint=value,
+                    setup=session.webrtc.dtls_role,
+                    session_id=sid,
+                    version=v,
+                    offer=pending.sdp,
+                ),
+            )
+        else:
+            params = MediaParams.from_webrtc(sdp)
+            # RFC 4145 §4.1 / RFC 8842 §5.3: an answer without a=setup means active.
+            self._set_webrtc(session, params, default_setup="active")
+            offered = pending.params
+            mux = offered.rtcp_mux and not ({"demux", "reject"} & opts.rtcp_mux)
+            if mux or "require" in opts.rtcp_mux:
+                session.set_rtp_remote(
+                    address=offered.address or "0.0.0.0", port=offered.port, rtcp_port=offered.port
+                )
+            session.set_payload_map(
+                to_rtp=_pt_map(params.codecs, offered.codecs),
+                to_webrtc=_pt_map(offered.codecs, params.codecs),
+            )
+            out = self._versioned(
+                call,
+                PLAIN,
+                lambda sid, v: to_plain(
+                    sdp,
+                    address=self.backend.public_ip,
+                    port=session.rtp.local_port,
+                    session_id=sid,
+                    version=v,
+                    rtcp_mux=bool(mux),
+                ),
+            )
+        call.tags[side] = to_tag
+        call.tag_created.setdefault(side, now)
+        call.protocols[side] = audio.proto
+        call.last_signal = now
+        call.pending = None
+        call.answered = True
+        reply: dict[str, object] = {"result": "ok", "sdp": out}
+        if opts.warnings:
+            reply["warning"] = "; ".join(opts.warnings)
+        call.last_answer = (text, reply)
+        return reply
+
+    def _delete(self, body: dict[str, object], now: float) -> dict[str, object]:
+        call_id = _required(body, "call-id")
+        from_tag = _optional(body, "from-tag")
+        opts = _options(body)
+        call = self._calls.get(call_id)
+        if call is not None and from_tag and from_tag not in call.tags.values():
+            call = None
+        if call is None:
+            reason = "Call-ID not found or tags didn't match"
+            if opts.fatal:
+                return error_reply(reason)
+            return {"result": "ok", "warning": reason}
+        reply = self._stats(call)
+        self.deleted += 1
+        self._drop(call)
+        return reply
+
+    def _query(self, body: dict[str, object], now: float) -> dict[str, object]:
+        call = self._calls.get(_required(body, "call-id"))
+        if call is None:
+            raise _CommandError("Unknown call-id")
+        return self._stats(call)
+
+    def _list(self, body: dict[str, object], now: float) -> dict[str, object]:
+        limit = body.get("limit", LIST_LIMIT)
+        if not isinstance(limit, int) or limit <= 0:
+            raise _CommandError("'limit' must be a positive integer")
+        return {"result": "ok", "calls": list(self._calls)[:limit]}
+
+    def _statistics(self, body: dict[str, object], now: float) -> dict[str, object]:
+        current = len(self._calls)
+        return {
+            "result": "ok",
+            "statistics": {
+                "currentstatistics": {
+                    "sessionsown": current,
+                    "sessionsforeign": 0,
+                    "sessionstotal": current,
+                    "transcodedmedia": 0,
+                },
+                "totalstatistics": {
+                    "uptime": str(int(now - (self.started or now))),
+                    "managedsessions": self.managed,
+                    "rejectedsessions": self.rejected,
+                    "timeoutsessions": self.timed_out,
+                    "regularterminatedsessions": self.deleted,
+                },
+            },
+            "media": {
+                "sessions": self.backend.sessions(),
+                "ports in use": self.backend.ports_in_use(),
+            },
+        }
+
+    _COMMANDS: dict[str, Callable[[NgCommands, dict[str, object], float], dict[str, object]]] = {
+        "ping": _ping,
+        "offer": _offer,
+        "answer": _answer,
+        "delete": _delete,
+        "query": _query,
+        "list": _list,
+        "statistics": _statistics,
+    }
+
+    # ---------------------------------------------------------------- helpers
+
+    @staticmethod
+    def _profile(proto: str) -> str:
+        if proto.upper() in WEBRTC_PROTOS:
+            return WEBRTC
+        if proto.upper() in PLAIN_PROTOS:
+            return PLAIN
+        raise _CommandError(f"unsupported media profile {proto} (SDES-SRTP is not supported)")
+
+    @staticmethod
+    def _check_flags(opts: _Options, *, toward: str) -> None:
+        if opts.ice == "force-relay":
+            raise _CommandError("ICE=force-relay is not supported (no TURN relay in the relay)")
+        if toward == WEBRTC:
+            if opts.dtls == "off":
+                raise _CommandError(
+                    "DTLS=off cannot be honoured toward a WebRTC peer: DTLS-SRTP is its only "
+                    "keying (SDES is not supported)"
+                )
+            if opts.ice == "remove":
+                raise _CommandError(
+                    "ICE=remove cannot be honoured toward a WebRTC peer: browsers require ICE"
+                )
+            if {"demux", "reject"} & opts.rtcp_mux:
+                opts.warnings.append("rtcp-mux demux/reject ignored: WebRTC requires rtcp-mux")
+        elif opts.ice in ("force", "optional"):
+            opts.warnings.append(
+                f"ICE={opts.ice} ignored toward plain RTP: that leg uses symmetric RTP latching"
+            )
+
+    def _new_call(self, call_id: str, opts: _Options, now: float) -> _Call | dict[str, object]:
+        if len(self._calls) >= self.max_calls:
+            self.rejected += 1
+            if opts.load_limit:
+                return {"result": "load limit", "message": "call limit reached"}
+            raise _CommandError(f"call limit reached ({self.max_calls})")
+        try:
+            session = self.backend.open(call_id)
+        except PortsExhausted as exc:
+            self.rejected += 1
+            raise _CommandError(f"no free media ports: {exc}") from None
+        ntp = int(now) + NTP_OFFSET
+        call = _Call(
+            call_id,
+            session,
+            created=now,
+            last_signal=now,
+            origins={WEBRTC: _Origin(ntp), PLAIN: _Origin(ntp)},
+        )
+        self._calls[call_id] = call
+        self.managed += 1
+        return call
+
+    @staticmethod
+    def _set_webrtc(session: NgSession, params: MediaParams, *, default_setup: str) -> None:
+        assert params.fingerprint is not None and params.ice_ufrag and params.ice_pwd
+        session.set_webrtc_remote(
+            ice_ufrag=params.ice_ufrag,
+            ice_pwd=params.ice_pwd,
+            fingerprint=(params.fingerprint.algorithm, params.fingerprint.value),
+            setup=params.setup or default_setup,
+            candidates=[
+                (c.address, c.port)
+                for c in params.candidates
+                if c.component == 1 and c.transport.lower() == "udp"
+            ],
+        )
+        session.set_direction("webrtc", params.direction)
+
+    @staticmethod
+    def _versioned(
+        call: _Call, toward: str, build: Callable[[int, int], SessionDescription]
+    ) -> str:
+        """Build the SDP for ``toward``; o= version + 1 only when it changed (RFC 3264 §8)."""
+        origin = call.origins[toward]
+        text = str(build(origin.session_id, origin.version))
+        if text != origin.last:
+            origin.version += 1
+            text = str(build(origin.session_id, origin.version))
+            origin.last = text
+        return text
+
+    def _drop(self, call: _Call) -> None:
+        if self._calls.pop(call.call_id, None) is None:
+            return
+        self.backend.release(call.session)
+        if self.on_release is not None:
+            self.on_release(call.call_id)
+
+    def _stats(self, call: _Call) -> dict[str, object]:
+        """rtpengine's query layout (tags, medias, streams, totals) plus ``legs``."""
+        raw = call.session.stats
+        session = call.session
+        tags: dict[str, object] = {}
+        rtp_total = {"bytes": 0, "packets": 0, "errors": 0}
+        rtcp_total = {"bytes": 0, "packets": 0, "errors": 0}
+        legs: dict[str, object] = {}
+        for side in (WEBRTC, PLAIN):
+            leg = raw.get(_LEG[side])
+            if not isinstance(leg, dict):
+                continue
+            legs[_LEG[side]] = leg
+            drops = leg.get("drops")
+            errors = sum(drops.values()) if isinstance(drops, dict) else 0
+            stats = {
+                "bytes": int(leg.get("rx_bytes", 0)),
+                "packets": int(leg.get("rx_packets", 0)),
+                "errors": int(errors),
+            }
+            for name in ("bytes", "packets", "errors"):
+                rtp_total[name] += stats[name]
+            rtcp_total["packets"] += int(leg.get("rx_rtcp", 0))
+            if side not in call.tags:
+                continue
+            if side == WEBRTC:
+                ports = [session.webrtc.local_port]
+                endpoint = _addr(leg.get("ice_selected"))
+                flags = ["initialized", "DTLS-SRTP", "ICE", "rtcp-mux"]
+                crypto = str(leg.get("srtp_profile") or "")
+            else:
+                ports = [session.rtp.local_port, session.rtp.local_rtcp_port]
+                endpoint = _addr(leg.get("latched") or leg.get("remote"))
+                flags = ["initialized"]
+                crypto = ""
+            streams: list[object] = []
+            for i, port in enumerate(ports):
+                stream: dict[str, object] = {
+                    "local port": port,
+                    "flags": ["RTP", "RTCP"] if len(ports) == 1 else [("RTP", "RTCP")[i]],
+                    "stats": stats if i == 0 else {"bytes": 0, "packets": 0, "errors": 0},
+                }
+                if endpoint and i == 0:
+                    stream["endpoint"] = endpoint
+                if crypto:
+                    stream["crypto suite"] = crypto
+                streams.append(stream)
+            media = {
+                "index": 1,
+                "type": "audio",
+                "protocol": call.protocols.get(side, ""),
+                "flags": flags,
+                "streams": streams,
+            }
+            tag = call.tags[side]
+            entry: dict[str, object] = {
+                "tag": tag,
+                "created": int(call.tag_created.get(side, call.created)),
+                "medias": [media],
+            }
+            other = call.tags.get(PLAIN if side == WEBRTC else WEBRTC)
+            if other is not None:
+                entry["in dialogue with"] = other
+            tags[tag] = entry
+        reply: dict[str, object] = {
+            "result": "ok",
+            "created": int(call.created),
+            "last signal": int(call.last_signal),
+            "tags": tags,
+            "totals": {"RTP": rtp_total, "RTCP": rtcp_total},
+            "legs": _plain_value(legs),
+        }
+        if raw.get("timed_out"):
+            reply["timed out"] = str(raw["timed_out"])
+        return reply

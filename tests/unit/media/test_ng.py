@@ -1,0 +1,646 @@
+"""gateway.media.ng: bencode, NG datagram framing, and the NG command logic.
+
+The command-logic tests use :class:`FakeBackend`, a recording stand-in for the media
+engine: the logic under test is pure (SDP in, SDP out, calls to the session's setters), and
+the real engine needs sockets and a loop. The same commands run against the real engine
+over real UDP in tests/integration/test_ng_control.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from gateway.media.ng import (
+    MAX_DEPTH,
+    MAX_ITEMS,
+    BencodeError,
+    NgCommands,
+    NgDrop,
+    NgSession,
+    bdecode,
+    bencode,
+    encode_message,
+    error_reply,
+    parse_message,
+)
+from gateway.media.ports import PortsExhausted
+from gateway.sdp.model import parse
+from gateway.sdp.rewrite import codecs_of
+
+from ..sdp.vectors import text
+
+# --------------------------------------------------------------------------- bencode
+
+# rtpengine docs/ng_control_protocol.md: the ping/pong example, and its offer example
+# (SDP abbreviated as in the doc).
+DOC_PING = b"d7:command4:pinge"
+DOC_PONG = b"d6:result4:ponge"
+DOC_OFFER = {
+    "command": "offer",
+    "call-id": "cfBXzDSZqhYNcXM",
+    "from-tag": "mS9rSAn0Cr",
+    "sdp": "v=0\r\no=...",
+    "via-branch": "5KiTRPZHH1nL6",
+    "flags": ["trust address"],
+    "replace": ["origin", "session connection"],
+    "address family": "IP6",
+    "received-from": ["IP4", "10.65.31.43"],
+    "ICE": "force",
+    "transport protocol": "RTP/SAVPF",
+    "media address": "2001:d8::6f24:65b",
+    "DTLS": "passive",
+}
+
+VECTORS: list[tuple[object, bytes]] = [
+    (0, b"i0e"),
+    (-42, b"i-42e"),
+    (2**63 - 1, b"i9223372036854775807e"),
+    (b"", b"0:"),
+    (b"spam", b"4:spam"),
+    ([], b"le"),
+    ([b"spam", 7, [b"x"]], b"l4:spami7el1:xee"),
+    ({}, b"de"),
+    ({b"cow": b"moo", b"spam": [b"a", b"b"]}, b"d3:cow3:moo4:spaml1:a1:bee"),
+    ({b"command": b"ping"}, DOC_PING),
+    ({b"result": b"pong"}, DOC_PONG),
+]
+
+
+@pytest.mark.parametrize(("value", "encoded"), VECTORS)
+def test_round_trip(value: object, encoded: bytes) -> None:
+    assert bencode(value) == encoded
+    assert bdecode(encoded) == value
+
+
+def test_encode_sorts_keys_and_takes_str() -> None:
+    assert bencode({"z": "é", "a": ("x", 1)}) == b"d1:al1:xi1ee1:z2:\xc3\xa9e"
+
+
+def test_doc_offer_round_trips() -> None:
+    encoded = bencode(DOC_OFFER)
+    request = parse_message(b"5323_1 " + encoded)
+    assert request.cookie == b"5323_1" and request.body == DOC_OFFER
+
+
+def test_decoder_accepts_unsorted_keys() -> None:
+    # rtpengine's docs: "The requirement ... that dictionary keys must be present in
+    # lexicographical order is not currently honoured." Kamailio sends command first.
+    assert bdecode(b"d7:command4:ping4:args0:e") == {b"command": b"ping", b"args": b""}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (True, "cannot encode bool True"),
+        (None, "cannot encode NoneType None"),
+        (1.5, "cannot encode float 1.5"),
+        ({1: b"x"}, "cannot encode dictionary key 1: not a string"),
+        (object(), "cannot encode object"),
+    ],
+)
+def test_encode_errors(value: object, message: str) -> None:
+    with pytest.raises(BencodeError) as info:
+        bencode(value)
+    assert str(info.value) == message
+
+
+def test_encode_depth_limit() -> None:
+    value: object = []
+    for _ in range(MAX_DEPTH + 1):
+        value = [value]
+    with pytest.raises(BencodeError, match=f"^cannot encode: nested deeper than {MAX_DEPTH}$"):
+        bencode(value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty input"),
+        (b"x", "unexpected byte 0x78 at offset 0"),
+        (b"i01e", "bad integer at offset 0"),
+        (b"i-0e", "bad integer at offset 0"),
+        (b"ie", "bad integer at offset 0"),
+        (b"i1x2e", "bad integer at offset 0"),
+        (b"i--1e", "bad integer at offset 0"),
+        (b"i123456789012345678901e", "bad integer at offset 0"),
+        (b"i12", "truncated at offset 3"),
+        (b"01:a", "bad string length at offset 0"),
+        (b"1x:a", "bad string length at offset 0"),
+        (b"5:ab", "truncated at offset 4"),
+        (b"99999999999999999999:", "truncated at offset 21"),
+        (b"di1e1:ae", "dictionary key is not a string at offset 1"),
+        (b"d1:a1:b1:a1:ce", "duplicate dictionary key b'a' at offset 7"),
+        (b"i1ei2e", "trailing data at offset 3"),
+        (b"le ", "trailing data at offset 2"),
+        (b"l" * (MAX_DEPTH + 1) + b"e" * (MAX_DEPTH + 1), f"nested deeper than {MAX_DEPTH} at offset {MAX_DEPTH}"),
+        (b"l" + b"i1e" * MAX_ITEMS + b"e", f"more than {MAX_ITEMS} values"),
+        (b"0:" + b" " * 70000, "input larger than 65535 bytes"),
+    ],
+)  # fmt: skip
+def test_decode_errors(data: bytes, message: str) -> None:
+    with pytest.raises(BencodeError) as info:
+        bdecode(data)
+    assert str(info.value) == message
+
+
+def test_limits_accept_what_fits() -> None:
+    deep = b"l" * MAX_DEPTH + b"e" * MAX_DEPTH
+    assert bdecode(deep) is not None
+    assert bdecode(b"l" + b"i1e" * (MAX_ITEMS - 1) + b"e") == [1] * (MAX_ITEMS - 1)
+    assert bdecode(b"i-99999999999999999999e") == -99999999999999999999
+
+
+@pytest.mark.parametrize("encoded", [v for _, v in VECTORS] + [bencode(DOC_OFFER)])
+def test_every_truncation_raises(encoded: bytes) -> None:
+    for cut in range(len(encoded)):
+        with pytest.raises(BencodeError) as info:
+            bdecode(encoded[:cut])
+        expected = "empty input" if cut == 0 else f"truncated at offset {cut}"
+        assert str(info.value) == expected, encoded[:cut]
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def test_parse_and_encode_message() -> None:
+    request = parse_message(b"5323_1 " + DOC_PING)
+    assert (request.cookie, request.body) == (b"5323_1", {"command": "ping"})
+    assert encode_message(b"5323_1", {"result": "pong"}) == b"5323_1 " + DOC_PONG
+
+
+@pytest.mark.parametrize(
+    ("datagram", "reason"),
+    [
+        (b"", "no cookie"),
+        (b"nospace", "no cookie"),
+        (b" " + DOC_PING, "no cookie"),
+        (b"\x00bad " + DOC_PING, "no cookie"),
+        (b"c" * 65 + b" " + DOC_PING, "no cookie"),
+        (b"c " + b"0" * 65535, "too large"),
+    ],
+)
+def test_undeliverable_datagrams_are_dropped(datagram: bytes, reason: str) -> None:
+    with pytest.raises(NgDrop) as info:
+        parse_message(datagram)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("datagram", "message"),
+    [
+        (b"c1 ", "empty input"),
+        (b"c1 d7:command4:ping", "truncated at offset 16"),
+        (b"c1 l4:pinge", "not a dictionary"),
+        (b"c1 d1:a1:\xffe", "not UTF-8"),
+        (b'c1 {"command":"ping"}', "unexpected byte 0x7b at offset 0"),
+    ],
+)
+def test_bad_bodies_raise_bencode_error(datagram: bytes, message: str) -> None:
+    with pytest.raises(BencodeError) as info:
+        parse_message(datagram)
+    assert str(info.value) == message
+
+
+def test_oversize_reply_becomes_an_error() -> None:
+    data = encode_message(b"c", {"sdp": "x" * 70000})
+    assert data == b"c " + bencode(error_reply("reply too large for one datagram"))
+
+
+# --------------------------------------------------------------------------- commands
+
+FP = "sha-256 " + ":".join(f"{i:02X}" for i in range(32))
+GW = "203.0.113.10"
+
+
+@dataclass
+class FakeWebRtc:
+    local_port: int
+    ice_ufrag: str = "gwUfrag1"
+    ice_pwd: str = "gwPassword0123456789abcd"
+    fingerprint: str = FP
+    dtls_role: str = "actpass"
+
+
+@dataclass
+class FakeRtp:
+    local_port: int
+    local_rtcp_port: int
+
+
+@dataclass
+class FakeSession:
+    """Records what the command logic asks of a media session."""
+
+    call_id: str
+    webrtc: FakeWebRtc
+    rtp: FakeRtp
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def stats(self) -> dict[str, object]:
+        return {
+            "webrtc": {"rx_packets": 5, "rx_bytes": 500, "rx_rtcp": 1, "drops": {"garbage": 2},
+                       "ice_selected": ("192.0.2.1", 5000), "srtp_profile": "SRTP_AES128_CM_SHA1_80"},
+            "rtp": {"rx_packets": 7, "rx_bytes": 700, "rx_rtcp": 0, "drops": {},
+                    "latched": ("198.51.100.9", 10000), "remote": None},
+            "timed_out": "",
+        }  # fmt: skip
+
+    def set_webrtc_remote(self, **kw: Any) -> None:
+        if kw["fingerprint"][0] != "sha-256":
+            raise ValueError(f"unsupported fingerprint algorithm {kw['fingerprint'][0]!r}")
+        self.calls.append(("webrtc_remote", kw))
+        # The bridge answers passive to actpass/active and active to passive (RFC 8842).
+        self.webrtc.dtls_role = "active" if kw["setup"] == "passive" else "passive"
+
+    def set_rtp_remote(self, **kw: Any) -> None:
+        self.calls.append(("rtp_remote", kw))
+
+    def set_payload_map(self, **kw: Any) -> None:
+        self.calls.append(("payload_map", kw))
+
+    def set_direction(self, leg: str, direction: str) -> None:
+        self.calls.append(("direction", {"leg": leg, "direction": direction}))
+
+    def last(self, name: str) -> dict[str, Any]:
+        return [kw for n, kw in self.calls if n == name][-1]
+
+
+class FakeBackend:
+    public_ip = GW
+
+    def __init__(self, capacity: int = 10) -> None:
+        self.open_sessions: dict[str, FakeSession] = {}
+        self.released: list[str] = []
+        self.capacity = capacity
+        self.next_port = 40000
+
+    def open(self, call_id: str) -> NgSession:
+        if len(self.open_sessions) >= self.capacity:
+            raise PortsExhausted("no free even/odd port pair in 40000-40009 (9 in use)")
+        port = self.next_port
+        self.next_port += 4
+        session = FakeSession(call_id, FakeWebRtc(port + 3), FakeRtp(port, port + 1))
+        self.open_sessions[call_id] = session
+        return session
+
+    def release(self, session: NgSession) -> None:
+        assert isinstance(session, FakeSession)
+        del self.open_sessions[session.call_id]
+        self.released.append(session.call_id)
+
+    def sessions(self) -> int:
+        return len(self.open_sessions)
+
+    def ports_in_use(self) -> int:
+        return 3 * len(self.open_sessions)
+
+
+def browser_offer(
+    ng: NgCommands, sdp: str | None = None, call_id: str = "c1", **extra: object
+) -> dict[str, object]:
+    body: dict[str, object] = {
+        "command": "offer",
+        "call-id": call_id,
+        "from-tag": "ftag",
+        "sdp": sdp if sdp is not None else text("chrome_offer.sdp"),
+        "transport-protocol": "RTP/AVP",
+        "ICE": "remove",
+    }
+    body.update(extra)
+    return ng.handle(body, 1000.0)
+
+
+def switch_answer(
+    ng: NgCommands, sdp: str | None = None, call_id: str = "c1", **extra: object
+) -> dict[str, object]:
+    body: dict[str, object] = {
+        "command": "answer",
+        "call-id": call_id,
+        "from-tag": "ftag",
+        "to-tag": "ttag",
+        "sdp": sdp if sdp is not None else text("kamailio_plain_answer.sdp"),
+    }
+    body.update(extra)
+    return ng.handle(body, 1001.0)
+
+
+@pytest.fixture
+def backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture
+def ng(backend: FakeBackend) -> NgCommands:
+    return NgCommands(backend)
+
+
+def session(backend: FakeBackend, call_id: str = "c1") -> FakeSession:
+    return backend.open_sessions[call_id]
+
+
+def test_ping(ng: NgCommands) -> None:
+    assert ng.handle({"command": "ping"}, 0.0) == {"result": "pong"}
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({}, "No command in message"),
+        ({"command": 1}, "No command in message"),
+        ({"command": "start recording"}, "Unrecognized command"),
+        ({"command": "offer", "call-id": "c", "from-tag": "f"}, "No SDP body in message"),
+        ({"command": "offer", "sdp": "v=0", "from-tag": "f"}, "No call-id in message"),
+        ({"command": "offer", "sdp": "v=0", "call-id": "c"}, "No from-tag in message"),
+        ({"command": "offer", "sdp": 5, "call-id": "c", "from-tag": "f"}, "'sdp' must be a non-empty string"),
+        ({"command": "offer", "sdp": "v=0\r\n", "call-id": "c", "from-tag": "f"}, "Failed to parse SDP: missing o= line"),
+        ({"command": "answer", "sdp": "v=0", "call-id": "c", "from-tag": "f"}, "No to-tag in message"),
+        ({"command": "query"}, "No call-id in message"),
+        ({"command": "query", "call-id": "nope"}, "Unknown call-id"),
+        ({"command": "list", "limit": 0}, "'limit' must be a positive integer"),
+    ],
+)  # fmt: skip
+def test_request_errors(ng: NgCommands, body: dict[str, object], reason: str) -> None:
+    assert ng.handle(body, 0.0) == error_reply(reason)
+
+
+def test_browser_offer_becomes_lean_plain_sdp(ng: NgCommands, backend: FakeBackend) -> None:
+    reply = browser_offer(ng, **{"rtcp-mux": ["demux"], "replace": ["origin"]})
+    assert reply["result"] == "ok" and "warning" not in reply
+    out = parse(str(reply["sdp"]))
+    s = session(backend)
+    (m,) = out.media
+    assert (m.proto, m.port) == ("RTP/AVP", s.rtp.local_port)
+    assert out.connection is not None and out.connection.host == GW
+    assert out.origin.address == GW and out.origin.session_version == "1"
+    assert not m.rtcp_mux and "ice" not in str(out) and "fingerprint" not in str(out)
+    browser = parse(text("chrome_offer.sdp"))
+    remote = s.last("webrtc_remote")
+    assert remote["ice_ufrag"] == browser.ice_ufrag(browser.media[0])
+    assert remote["setup"] == "actpass" and remote["fingerprint"][0] == "sha-256"
+    assert all(isinstance(c, tuple) and c[1] > 0 for c in remote["candidates"])
+    assert s.last("direction") == {"leg": "webrtc", "direction": "sendrecv"}
+
+
+def test_browser_call_answer_and_payload_map(ng: NgCommands, backend: FakeBackend) -> None:
+    browser_offer(ng)
+    reply = switch_answer(ng)
+    assert reply["result"] == "ok", reply
+    out = parse(str(reply["sdp"]))
+    s = session(backend)
+    m = out.media[0]
+    assert m.proto == "UDP/TLS/RTP/SAVPF" and out.ice_lite and m.port == s.webrtc.local_port
+    assert out.setup(m) == "passive"  # the gateway is the DTLS server for an actpass offer
+    assert s.last("rtp_remote") == {"address": "127.0.0.1", "port": 10000, "rtcp_port": 10001}
+    assert s.last("direction") == {"leg": "rtp", "direction": "sendrecv"}
+    # PCMU 0 and te/8000 126 (browser) <-> 101 (switch): the answer is renumbered.
+    assert s.last("payload_map") == {"to_rtp": {0: 0, 126: 101}, "to_webrtc": {0: 0, 101: 126}}
+    assert [(c.name, c.pt) for c in codecs_of(m)] == [("PCMU", 0), ("telephone-event", 126)]
+    # The same answer again (a 200 OK retransmission) gets the same reply.
+    assert switch_answer(ng) == reply
+    assert switch_answer(ng, sdp=text("kamailio_plain_answer.sdp").replace("10000", "10002")) == (
+        error_reply("No offer pending for this call-id")
+    )
+
+
+def test_switch_offer_becomes_webrtc_offer(ng: NgCommands, backend: FakeBackend) -> None:
+    reply = ng.handle(
+        {
+            "command": "offer",
+            "call-id": "c2",
+            "from-tag": "sw",
+            "sdp": text("kamailio_plain_offer.sdp"),
+            "transport-protocol": "UDP/TLS/RTP/SAVPF",
+            "ICE": "force",
+            "DTLS": "passive",
+        },
+        5.0,
+    )
+    assert reply["result"] == "ok", reply
+    out = parse(str(reply["sdp"]))
+    m = out.media[0]
+    s = session(backend, "c2")
+    assert m.proto == "UDP/TLS/RTP/SAVPF" and out.setup(m) == "passive"
+    assert out.ice_ufrag(m) == s.webrtc.ice_ufrag and m.candidates()[0].address == GW
+    # a=rtcp:30001 is honoured; the switch has not accepted rtcp-mux yet.
+    assert s.last("rtp_remote") == {"address": "127.0.0.1", "port": 30000, "rtcp_port": 30001}
+    # The browser answers (Chromium's real answer to a gateway offer of these codecs).
+    answer = text("chrome_answer.sdp")
+    reply = ng.handle(
+        {"command": "answer", "call-id": "c2", "from-tag": "sw", "to-tag": "br", "sdp": answer},
+        6.0,
+    )
+    assert reply["result"] == "ok", reply
+    plain = parse(str(reply["sdp"]))
+    assert plain.media[0].proto == "RTP/AVP" and plain.media[0].port == s.rtp.local_port
+    assert s.last("webrtc_remote")["setup"] == "active"
+    assert s.last("direction") == {"leg": "webrtc", "direction": "sendrecv"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"transport-protocol": None}, "UDP/TLS/RTP/SAVPF offer without transport-protocol"),
+        ({"transport-protocol": "UDP/TLS/RTP/SAVPF"}, "transport-protocol keeps the UDP/TLS/RTP/SAVPF profile"),
+        ({"transport-protocol": "RTP/XYZ"}, "unsupported transport-protocol 'RTP/XYZ'"),
+        ({"ICE": "force-relay"}, "ICE=force-relay is not supported"),
+        ({"ICE": "sometimes"}, "invalid ICE value 'sometimes'"),
+        ({"DTLS": "maybe"}, "invalid DTLS value 'maybe'"),
+        ({"rtcp-mux": ["sideways"]}, "invalid rtcp-mux value 'sideways'"),
+        ({"codec": {"transcode": ["G729"]}}, "codec-transcode=G729: transcoding is not available yet"),
+        ({"codec": {"consume": ["opus"]}}, "codec-consume needs the transcoding engine"),
+        ({"codec": {"frobnicate": ["x"]}}, "unsupported codec manipulation 'frobnicate'"),
+        ({"codec": "strip"}, "'codec' must be a dictionary"),
+        ({"flags": [1]}, "'flags' must be a string or a list of strings"),
+    ],
+)  # fmt: skip
+def test_offer_option_errors(
+    ng: NgCommands, backend: FakeBackend, extra: dict[str, object], reason: str
+) -> None:
+    body = {k: v for k, v in extra.items() if v is not None}
+    drop = [k for k, v in extra.items() if v is None]
+    request: dict[str, object] = {
+        "command": "offer",
+        "call-id": "c1",
+        "from-tag": "f",
+        "sdp": text("chrome_offer.sdp"),
+        "transport-protocol": "RTP/AVP",
+    }
+    request.update(body)
+    for key in drop:
+        del request[key]
+    reply = ng.handle(request, 0.0)
+    assert reply["result"] == "error" and str(reply["error-reason"]).startswith(reason), reply
+    assert backend.sessions() == 0  # nothing held for a refused offer
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"DTLS": "off"}, "DTLS=off cannot be honoured toward a WebRTC peer"),
+        ({"ICE": "remove"}, "ICE=remove cannot be honoured toward a WebRTC peer"),
+        ({"transport-protocol": "RTP/AVP"}, "transport-protocol keeps the RTP/AVP profile"),
+    ],
+)
+def test_switch_offer_option_errors(ng: NgCommands, extra: dict[str, object], reason: str) -> None:
+    request: dict[str, object] = {
+        "command": "offer",
+        "call-id": "c1",
+        "from-tag": "f",
+        "sdp": text("kamailio_plain_offer.sdp"),
+        "transport-protocol": "RTP/SAVPF",
+    }
+    request.update(extra)
+    reply = ng.handle(request, 0.0)
+    assert reply["result"] == "error" and str(reply["error-reason"]).startswith(reason), reply
+
+
+def test_keys_and_flags_are_normalised_and_warnings_given(ng: NgCommands) -> None:
+    reply = ng.handle(
+        {
+            "command": "Offer",
+            "call id": "c1",
+            "from_tag": "f",
+            "sdp": text("chrome_offer.sdp"),
+            "Transport Protocol": "rtp/avp",
+            "ice": "force",
+            "direction": ["internal", "external"],
+            "flags": ["trust-address", "codec-strip-opus", "codec-mask-G722", "whatever"],
+            "codec": {"set": ["opus/48000/2/32000"]},
+        },
+        0.0,
+    )
+    assert reply["result"] == "ok", reply
+    m = parse(str(reply["sdp"])).media[0]
+    names = [c.name for c in codecs_of(m)]
+    assert "opus" not in names and "G722" not in names and "PCMU" in names
+    warning = str(reply["warning"])
+    assert "ICE=force ignored toward plain RTP" in warning and "codec-set ignored" in warning
+
+
+def test_codec_strip_all_except_and_offer_order(ng: NgCommands) -> None:
+    reply = browser_offer(ng, codec={"strip": ["all"], "except": ["PCMA"], "offer": ["PCMU"]})
+    m = parse(str(reply["sdp"])).media[0]
+    assert [c.name for c in codecs_of(m)] == ["PCMU", "PCMA"]
+    reply = browser_offer(
+        ng, call_id="c3", codec={"mask": ["opus", "G722", "red", "8", "PCMU", "CN", "telephone-event"]}
+    )  # fmt: skip
+    assert "warning" in reply and "left no audio codec" in str(reply["warning"])
+    m = parse(str(reply["sdp"])).media[0]
+    assert "opus" in [c.name for c in codecs_of(m)]  # rtpengine: left unchanged
+    # transcode of a codec the offer has is a plain "offer" (no transcoding needed).
+    reply = browser_offer(ng, call_id="c4", codec={"transcode": ["PCMA/8000"]})
+    assert codecs_of(parse(str(reply["sdp"])).media[0])[0].name == "PCMA"
+
+
+def test_rtcp_mux_choices(ng: NgCommands, backend: FakeBackend) -> None:
+    assert "a=rtcp-mux" not in str(browser_offer(ng)["sdp"])
+    assert "a=rtcp-mux" in str(browser_offer(ng, call_id="m1", **{"rtcp-mux": ["offer"]})["sdp"])
+    assert "a=rtcp-mux" in str(browser_offer(ng, call_id="m2", **{"rtcp-mux": ["accept"]})["sdp"])
+    # require: RTCP goes to the RTP port even though the switch's answer has no rtcp-mux.
+    switch_answer(ng, call_id="m2", **{"rtcp-mux": ["require"]})
+    assert session(backend, "m2").last("rtp_remote")["rtcp_port"] == 10000
+
+
+def test_reoffer_hold_updates_without_new_session(ng: NgCommands, backend: FakeBackend) -> None:
+    browser_offer(ng)
+    switch_answer(ng)
+    s = session(backend)
+    first_plain = str(browser_offer(ng, sdp=text("chrome_offer.sdp"))["sdp"])
+    assert parse(first_plain).origin.session_version == "1"  # unchanged SDP, same version
+    hold = text("chrome_offer.sdp").replace("a=sendrecv", "a=sendonly")
+    reply = browser_offer(ng, sdp=hold)
+    out = parse(str(reply["sdp"]))
+    assert out.origin.session_version == "2" and out.direction(out.media[0]) == "sendonly"
+    assert s.last("direction") == {"leg": "webrtc", "direction": "sendonly"}
+    assert backend.sessions() == 1 and ng.managed == 1
+    reply = switch_answer(ng, sdp=text("kamailio_plain_answer.sdp").replace("sendrecv", "recvonly"))
+    out = parse(str(reply["sdp"]))
+    assert out.direction(out.media[0]) == "recvonly" and out.origin.session_version == "2"
+    # The same offer twice while pending (an INVITE retransmission): the same reply.
+    assert browser_offer(ng, sdp=hold) == browser_offer(ng, sdp=hold)
+
+
+def test_answer_errors(ng: NgCommands) -> None:
+    assert switch_answer(ng) == error_reply("Unknown call-id")
+    browser_offer(ng)
+    reply = switch_answer(ng, sdp=text("chrome_offer.sdp"))
+    assert reply["result"] == "error"
+    assert "answer must come from the other side" in str(reply["error-reason"])
+    assert switch_answer(ng)["result"] == "ok"
+
+
+def test_delete_query_list_statistics(ng: NgCommands, backend: FakeBackend) -> None:
+    browser_offer(ng)
+    switch_answer(ng)
+    query = ng.handle({"command": "query", "call-id": "c1"}, 1002.0)
+    assert query["result"] == "ok" and query["created"] == 1000 and query["last signal"] == 1001
+    tags = query["tags"]
+    assert isinstance(tags, dict) and set(tags) == {"ftag", "ttag"}
+    assert tags["ftag"]["in dialogue with"] == "ttag"
+    stream = tags["ftag"]["medias"][0]["streams"][0]
+    assert stream["endpoint"] == {"family": "IPv4", "address": "192.0.2.1", "port": 5000}
+    assert stream["stats"] == {"bytes": 500, "packets": 5, "errors": 2}
+    assert query["totals"] == {
+        "RTP": {"bytes": 1200, "packets": 12, "errors": 2},
+        "RTCP": {"bytes": 0, "packets": 1, "errors": 0},
+    }
+    assert query["legs"]["rtp"]["latched"] == "198.51.100.9:10000"  # type: ignore[index]
+    bencode(query)  # every value is bencodable
+    assert ng.handle({"command": "list"}, 0.0) == {"result": "ok", "calls": ["c1"]}
+    stats = ng.handle({"command": "statistics"}, 1010.0)
+    assert stats["media"] == {"sessions": 1, "ports in use": 3}
+    # delete with a tag of neither side: a warning, or an error with "fatal".
+    reply = ng.handle({"command": "delete", "call-id": "c1", "from-tag": "other"}, 0.0)
+    assert reply == {"result": "ok", "warning": "Call-ID not found or tags didn't match"}
+    reply = ng.handle({"command": "delete", "call-id": "c1", "from-tag": "ttag"}, 1003.0)
+    assert reply["result"] == "ok" and reply["totals"] == query["totals"]
+    assert backend.released == ["c1"] and backend.sessions() == 0
+    reply = ng.handle({"command": "delete", "call-id": "c1", "flags": ["fatal"]}, 0.0)
+    assert reply == error_reply("Call-ID not found or tags didn't match")
+    stats = ng.handle({"command": "statistics"}, 1010.0)
+    assert stats["statistics"]["totalstatistics"]["regularterminatedsessions"] == 1  # type: ignore[index]
+
+
+def test_expire_releases_and_reports(backend: FakeBackend) -> None:
+    ended: list[str] = []
+    ng = NgCommands(backend, on_release=ended.append)
+    browser_offer(ng)
+    assert ng.expire("c1", 5.0) and not ng.expire("c1", 6.0)
+    assert ended == ["c1"] and backend.sessions() == 0
+    assert ng.handle({"command": "query", "call-id": "c1"}, 0.0) == error_reply("Unknown call-id")
+
+
+def test_limits_ports_and_load_limit() -> None:
+    backend = FakeBackend(capacity=1)
+    ng = NgCommands(backend, max_calls=2)
+    assert browser_offer(ng, call_id="a")["result"] == "ok"
+    reply = browser_offer(ng, call_id="b")
+    assert reply["result"] == "error" and str(reply["error-reason"]).startswith(
+        "no free media ports: no free even/odd port pair"
+    )
+    backend.capacity = 5
+    assert browser_offer(ng, call_id="b")["result"] == "ok"
+    assert browser_offer(ng, call_id="c") == error_reply("call limit reached (2)")
+    assert browser_offer(ng, call_id="c", supports=["load limit"]) == {
+        "result": "load limit",
+        "message": "call limit reached",
+    }
+    ng.close()
+    assert backend.sessions() == 0
+
+
+def test_unusable_fingerprint_frees_the_new_session(backend: FakeBackend) -> None:
+    ng = NgCommands(backend)
+    sdp = text("chrome_offer.sdp")
+    browser = parse(sdp)
+    value = browser.fingerprints(browser.media[0])[0].value
+    sha1 = ":".join(value.split(":")[:20])
+    reply = browser_offer(ng, sdp=sdp.replace(f"sha-256 {value}", f"sha-1 {sha1}"))
+    assert reply == error_reply(
+        "Unusable media parameters: unsupported fingerprint algorithm 'sha-1'"
+    )
+    assert backend.sessions() == 0 and ng.call_ids() == []
