@@ -25,6 +25,8 @@ from gateway.proxy.router import Proxy, ProxySettings
 from gateway.proxy.upstream import PoolMember, UpstreamPool
 from gateway.sip.transaction import SipTimers
 from gateway.tlsutil import ensure_self_signed, make_server_context
+from gateway.transport.ng import MediaControlHandle, start_media
+from gateway.transport.ng_client import NgClient
 from gateway.transport.runner import ProxyRunner
 from gateway.transport.sip_stream import SipStreamTransport
 from gateway.transport.sip_udp import SipUdpListener
@@ -71,6 +73,8 @@ class Gateway:
         self.runner: ProxyRunner | None = None
         self.proxy: Proxy | None = None
         self.server_ssl: ssl.SSLContext | None = None
+        self.media: MediaControlHandle | None = None
+        self.media_client: NgClient | None = None
         self.draining = False
         self._started = False
         self._heartbeat: asyncio.Task[None] | None = None
@@ -144,10 +148,24 @@ class Gateway:
             flow_timer=max(10, int(cfg.websocket.idle_timeout) - 10)
             if cfg.websocket.idle_timeout
             else None,
+            media=cfg.media.enabled,
         )
         self.proxy = Proxy(settings, pool, FlowTable(FlowTokenSigner(secret)))
         self.runner = ProxyRunner(self.proxy, sip_trace=cfg.log.sip_trace)
         self.runner.upstream = self
+        if cfg.media.enabled:
+            # The proxy speaks rtpengine NG to the media layer, in-process or
+            # in worker processes: the same socket either way.
+            self.media = await start_media(cfg)
+            self.media_client = await NgClient.connect(*self.media.address)
+            self.runner.media = self.media_client
+            log.info(
+                "= media anchoring on: %s, NG control %s:%d, ports %s, advertised %s",
+                self.media.mode,
+                *self.media.address,
+                cfg.media.port_range,
+                cfg.media.public_ip,
+            )
         for key, value, ctx in (
             ("listen.wss", cfg.listen.wss, self.server_ssl),
             ("listen.ws", cfg.listen.ws, None),
@@ -293,6 +311,10 @@ class Gateway:
             await listener.close()
         if self.runner is not None:
             self.runner.close()
+        if self.media_client is not None:
+            await self.media_client.close()
+        if self.media is not None:
+            await self.media.close()
         if self.udp is not None:
             self.udp.close()
         for stream in self.streams.values():
