@@ -516,7 +516,12 @@ class WebRtcUa:
         display_name: str | None = None,
         codecs: Sequence[str] = ("PCMU",),
         tone_hz: float = 1000.0,
+        early_as_pranswer: bool = True,
     ) -> None:
+        # aiortc never starts DTLS after a pranswer followed by the answer when the
+        # far side is ICE-lite; early_as_pranswer=False applies a 183's SDP as the
+        # answer (what webphones do when 183 and 200 carry the same SDP).
+        self.early_as_pranswer = early_as_pranswer
         self.url = url
         self.user = user
         self.password = password
@@ -904,7 +909,7 @@ class WebRtcUa:
             # Early media (RFC 3960): the 183's SDP as a provisional answer.
             sdp = response.body.decode()
             try:
-                await call.media.accept_answer(sdp, provisional=True)
+                await call.media.accept_answer(sdp, provisional=self.early_as_pranswer)
                 call.remote_sdp = sdp
                 call.early_media = True
             except Exception as exc:  # noqa: BLE001 - kept for the test to assert on
@@ -919,6 +924,13 @@ class WebRtcUa:
             if call.late_offer and sdp is not None:
                 ack_body = (await call.media.accept_offer(sdp)).encode()
                 call.remote_sdp = sdp
+            elif (
+                sdp is not None
+                and call.early_media
+                and not self.early_as_pranswer
+                and sdp == call.remote_sdp
+            ):
+                pass  # the 183's SDP already applied as the answer
             elif sdp is not None and (call.remote_sdp is None or call.early_media):
                 # After a 183 the 200's SDP is the final answer (same as the 183's, or not).
                 await call.media.accept_answer(sdp)

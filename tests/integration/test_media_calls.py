@@ -1,0 +1,264 @@
+"""Calls with media anchored by the gateway, through the real chain.
+
+aiortc (tests/helpers/webrtc_ua.py) plays the browser: SIP over WebSocket,
+ICE + DTLS-SRTP media. Kamailio is the switch. The far end
+(tests/helpers/rtp_far_end.py) answers with plain RTP/AVP on 127.0.0.3. The
+gateway (127.0.0.2) rewrites SDP both ways and relays SRTP <-> RTP, with its
+media layer in-process or in two worker processes. Audio is judged by content:
+each side sends its own tone and must hear the other's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.sdp.model import parse as parse_sdp
+from gateway.transport.ng_client import NgClient
+from tests.helpers.gateway import GATEWAY_IP, GatewayProcess, free_port
+from tests.helpers.kamailio import SIPP_IP, Kamailio
+from tests.helpers.kamailio import free_port as free_port_on
+from tests.helpers.rtp_far_end import RtpFarEnd
+from tests.helpers.webrtc_ua import WebRtcUa, use_loopback_ice
+
+pytestmark = pytest.mark.integration
+
+REALM = "example.test"
+UA_TONE = 1000.0
+FAR_TONE = 600.0
+TOLERANCE = 25.0
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_loopback_ice(monkeypatch)
+
+
+@pytest.fixture(params=[0, 2], ids=["in-process", "workers"])
+async def gateway(
+    kamailio: Kamailio, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[GatewayProcess]:
+    low = 20000 + (free_port() % 200) * 100
+    control = free_port()
+    gw = GatewayProcess(
+        tmp_path,
+        upstream=kamailio.uri("udp"),
+        extra={
+            "media": {
+                "enabled": True,
+                "public_ip": GATEWAY_IP,
+                "bind_ip": GATEWAY_IP,
+                "port_range": f"{low}-{low + 99}",
+                "control": f"{GATEWAY_IP}:{control}",
+                "workers": request.param,
+                "timeout": 30.0,
+            }
+        },
+    )
+    gw.control = (GATEWAY_IP, control)  # type: ignore[attr-defined]
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        code = await gw.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print("---- gateway log (tail) ----\n" + gw.log_text()[-30000:])
+        assert code == 0, f"gateway exit code {code}\n{gw.log_text()[-5000:]}"
+
+
+async def media_sessions(gw: GatewayProcess) -> int:
+    client = await NgClient.connect(*gw.control)  # type: ignore[attr-defined]
+    try:
+        reply = await client.request({"command": "statistics"})
+    finally:
+        await client.close()
+    media = reply.get("media")
+    assert isinstance(media, dict), reply
+    return int(media["sessions"])  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def registered(
+    gw: GatewayProcess, user: str, password: str, **opts: object
+) -> AsyncIterator[WebRtcUa]:
+    ua = WebRtcUa(gw.ws_url, user, password, tone_hz=UA_TONE, **opts)  # type: ignore[arg-type]
+    try:
+        response = await ua.register()
+        assert response.status == 200
+        yield ua
+    finally:
+        await ua.close()
+
+
+async def hear(get_freq, expected: float, timeout: float = 8.0) -> float:  # type: ignore[no-untyped-def]
+    """Wait until the dominant frequency heard is the expected tone."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    freq = 0.0
+    while loop.time() < deadline:
+        freq = get_freq() or 0.0
+        if abs(freq - expected) <= TOLERANCE:
+            return freq
+        await asyncio.sleep(0.25)
+    return freq
+
+
+async def test_outbound_call_audio_both_ways_through_the_anchor(gateway: GatewayProcess) -> None:
+    far = RtpFarEnd(
+        free_port_on(SIPP_IP), tone_hz=FAR_TONE, codecs=("PCMU", "PCMA", "telephone-event")
+    )
+    await far.start()
+    try:
+        async with registered(gateway, "alice", "alicepw") as ua:
+            call = await ua.call(f"sip:9{far.port}@{REALM}", codecs=["PCMU"])
+            assert call.status == 200, call.sdp_error
+            assert call.sdp_error is None, call.sdp_error
+            # the far end saw a lean plain SDP naming the gateway, not the browser
+            offer = parse_sdp(far.received("INVITE")[0].body.decode())
+            audio = offer.media[0]
+            assert audio.proto == "RTP/AVP"
+            assert offer.connection_for(audio).address == GATEWAY_IP  # type: ignore[union-attr]
+            assert b"a=fingerprint" not in far.received("INVITE")[0].body
+            # the browser got a WebRTC answer (ICE-lite, DTLS) from the gateway
+            answer = parse_sdp(call.remote_sdp or "")
+            assert answer.media[0].proto == "UDP/TLS/RTP/SAVPF"
+            assert await hear(far.dominant_frequency, UA_TONE) == pytest.approx(
+                UA_TONE, abs=TOLERANCE
+            )
+            assert await hear(ua.dominant_frequency, FAR_TONE) == pytest.approx(
+                FAR_TONE, abs=TOLERANCE
+            )
+            assert far.payload_types_seen == {0}  # PCMU on the switch leg
+            assert ua.negotiated_codec().lower() == "pcmu"
+            assert await media_sessions(gateway) == 1
+            await ua.hangup()
+            assert await far.wait_ended() == "remote BYE"
+        for _ in range(20):
+            if await media_sessions(gateway) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await media_sessions(gateway) == 0
+    finally:
+        await far.close()
+
+
+async def test_inbound_call_with_the_switch_offer(
+    kamailio: Kamailio, gateway: GatewayProcess
+) -> None:
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE)
+    await far.start()
+    try:
+        async with registered(gateway, "bob", "bobpw") as ua:
+            invite = asyncio.ensure_future(far.invite("bob", (kamailio.ip, kamailio.udp_port)))
+            incoming = await ua.wait_incoming()
+            assert incoming.invite is not None
+            assert (
+                b"a=fingerprint:" in incoming.invite.body
+            )  # the switch's offer, rewritten for WebRTC
+            answer = await ua.answer(codecs=["PCMU"])
+            assert answer.status == 200
+            final = await asyncio.wait_for(invite, 10)
+            assert final.status == 200
+            assert (
+                b"RTP/AVP" in final.body and b"fingerprint" not in final.body
+            )  # plain toward the switch
+            assert await hear(far.dominant_frequency, UA_TONE) == pytest.approx(
+                UA_TONE, abs=TOLERANCE
+            )
+            assert await hear(ua.dominant_frequency, FAR_TONE) == pytest.approx(
+                FAR_TONE, abs=TOLERANCE
+            )
+            assert (await far.send_bye()).status == 200
+            assert await ua.wait_ended() == "remote BYE"
+    finally:
+        await far.close()
+
+
+async def test_early_media_on_183_then_hold_and_unhold(gateway: GatewayProcess) -> None:
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE, early_media=True, ring_seconds=2.0)
+    await far.start()
+    try:
+        # aiortc cannot take a pranswer from an ICE-lite peer and then the answer (it
+        # never starts DTLS): this browser applies the 183's SDP as the answer.
+        async with registered(gateway, "alice", "alicepw", early_as_pranswer=False) as ua:
+            call = await ua.call(f"sip:9{far.port}@{REALM}", codecs=["PCMU"], wait_for="progress")
+            # ringback/announcement from the far end is heard before the answer
+            early = await hear(ua.dominant_frequency, FAR_TONE, timeout=3.0)
+            assert early == pytest.approx(FAR_TONE, abs=TOLERANCE), (
+                call.sdp_error,
+                call.early_media,
+                [r.status for r in call.responses],
+            )
+            assert call.status is None or call.status < 200
+            await asyncio.wait_for(call.answered, 10)
+            assert call.status == 200
+            assert await hear(far.dominant_frequency, UA_TONE) == pytest.approx(
+                UA_TONE, abs=TOLERANCE
+            )
+            # hold: the browser goes sendonly; the far end is told recvonly and stops sending
+            assert (await ua.hold()).status == 200
+            assert far.call is not None and far.call.local_direction == "recvonly"
+            await asyncio.sleep(0.5)
+            before = far.packets_received
+            await asyncio.sleep(1.0)
+            assert far.packets_received > before  # the browser's audio still reaches the far end
+            assert (await ua.unhold()).status == 200
+            assert far.call.local_direction == "sendrecv"
+            assert await hear(ua.dominant_frequency, FAR_TONE) == pytest.approx(
+                FAR_TONE, abs=TOLERANCE
+            )
+            await ua.hangup()
+            assert await far.wait_ended() == "remote BYE"
+    finally:
+        await far.close()
+
+
+async def test_late_offer_call(gateway: GatewayProcess) -> None:
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE)
+    await far.start()
+    try:
+        async with registered(gateway, "alice", "alicepw") as ua:
+            call = await ua.call(f"sip:9{far.port}@{REALM}", codecs=["PCMU"], late_offer=True)
+            assert call.status == 200 and call.sdp_error is None, call.sdp_error
+            assert far.received("INVITE")[0].body == b""  # no offer in the INVITE
+            assert await hear(far.dominant_frequency, UA_TONE) == pytest.approx(
+                UA_TONE, abs=TOLERANCE
+            )
+            assert await hear(ua.dominant_frequency, FAR_TONE) == pytest.approx(
+                FAR_TONE, abs=TOLERANCE
+            )
+            await ua.hangup()
+            assert await far.wait_ended() == "remote BYE"
+    finally:
+        await far.close()
+
+
+async def test_websocket_drop_mid_call_ends_call_and_frees_media(gateway: GatewayProcess) -> None:
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE)
+    await far.start()
+    try:
+        ua = WebRtcUa(gateway.ws_url, "alice", "alicepw", tone_hz=UA_TONE)
+        try:
+            assert (await ua.register()).status == 200
+            call = await ua.call(f"sip:9{far.port}@{REALM}", codecs=["PCMU"])
+            assert call.status == 200
+            assert await hear(far.dominant_frequency, UA_TONE) == pytest.approx(
+                UA_TONE, abs=TOLERANCE
+            )
+            assert await media_sessions(gateway) == 1
+            await ua.drop()
+            assert await far.wait_ended() == "remote BYE"
+        finally:
+            await ua.close(unregister=False)
+        for _ in range(30):
+            if await media_sessions(gateway) == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert await media_sessions(gateway) == 0
+    finally:
+        await far.close()
