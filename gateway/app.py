@@ -193,7 +193,7 @@ class Gateway:
             self.metrics_server = metrics.MetricsServer(mhost, mport, self.ready)
             await self.metrics_server.start()
             log.info("= metrics on http://%s:%d/metrics", mhost, self.metrics_server.port)
-        self.runner.start()
+        self.runner.start(media_poll=min(5.0, cfg.media.timeout / 4) if cfg.media.enabled else None)
         self._heartbeat = asyncio.create_task(self._loop_lag())
         self._started = True
         log.info(

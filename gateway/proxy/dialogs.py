@@ -33,6 +33,10 @@ class Dialog:
     created: float = 0.0
     #: methods the far side listed in Allow (None: it sent no Allow)
     far_allow: frozenset[str] | None = None
+    #: the browser's Contact URI: the Request-URI of requests toward it
+    browser_target: str = ""
+    #: highest CSeq the far side has used toward the browser
+    far_cseq: int = 0
 
     @property
     def key(self) -> tuple[int, str, str, str]:

@@ -264,6 +264,22 @@ class Proxy:
         if resume is not None:
             resume(reply, now)
 
+    def media_alive(self, calls: set[str], since: float, now: float) -> None:
+        """The media layer's live calls as of ``since``: end every confirmed
+        dialog older than that whose media session is gone (media timeout),
+        with BYE toward the switch and toward the browser."""
+        for call, flow_id in list(self.media_calls.items()):
+            if call in calls:
+                continue
+            for dialog in self.dialogs.for_flow(flow_id):
+                if self._media_call(dialog.call_id, flow_id) != call or dialog.created > since:
+                    continue
+                self.dialogs.remove(dialog)
+                self.media_calls.pop(call, None)
+                self._note("dialog_ended", "media_timeout")
+                self._send_bye_for(dialog, now, reason='SIP;cause=408;text="media timeout"')
+                self._send_bye_to_browser(dialog, now)
+
     def flow_opened(self, flow_id: int, host: str, port: int, *, secure: bool) -> Flow:
         """A browser connected."""
         return self.flows.open(flow_id, host, port, secure=secure)
@@ -481,11 +497,13 @@ class Proxy:
                 fwd.uri = original
         if fwd.to_tag is None and fwd.method in DIALOG_FORMING:
             self._record_route(fwd, flow, toward_switch=False, transport=source[2])
-        elif fwd.to_tag is not None and fwd.method == "BYE":
+        elif fwd.to_tag is not None:
             dialog = self.dialogs.find(flow.flow_id, fwd.call_id, fwd.from_tag, fwd.to_tag)
             if dialog is not None:
-                self.dialogs.remove(dialog)
-                self._note("dialog_ended", "bye_from_switch")
+                dialog.far_cseq = max(dialog.far_cseq, fwd.cseq[0])
+                if fwd.method == "BYE":
+                    self.dialogs.remove(dialog)
+                    self._note("dialog_ended", "bye_from_switch")
         if fwd.method == "BYE":
             self._media_delete(fwd.call_id, flow.flow_id)
         flow_id = flow.flow_id
@@ -713,6 +731,7 @@ class Proxy:
                 flow.flow_id,
                 resp,
                 browser_is_caller=True,
+                browser_target=_contact_uri(sctx.request) or "",
                 far_target=_contact_uri(resp) or sctx.request.uri,
                 route_set=self._strip_leading_own(
                     list(reversed(resp.headers.get_all("Record-Route")))
@@ -772,6 +791,7 @@ class Proxy:
                 ctx.to_flow,
                 resp,
                 browser_is_caller=False,
+                browser_target=_contact_uri(resp) or "",
                 far_target=_contact_uri(req) or "",
                 route_set=req.headers.get_all("Record-Route"),
                 far_allow=_allow(req),
@@ -787,6 +807,7 @@ class Proxy:
         resp: Response,
         *,
         browser_is_caller: bool,
+        browser_target: str,
         far_target: str,
         route_set: list[str],
         far_allow: frozenset[str] | None,
@@ -812,6 +833,8 @@ class Proxy:
                 browser_cseq=resp.cseq[0] if browser_is_caller else 0,
                 created=now,
                 far_allow=far_allow,
+                browser_target=browser_target,
+                far_cseq=0 if browser_is_caller else resp.cseq[0],
             )
         )
         self._note("dialog_started", "outbound" if browser_is_caller else "inbound")
@@ -912,7 +935,13 @@ class Proxy:
 
     # ------------------------------------------------------- flow death
 
-    def _send_bye_for(self, dialog: Dialog, now: float) -> None:
+    def _send_bye_for(
+        self,
+        dialog: Dialog,
+        now: float,
+        *,
+        reason: str = 'SIP;cause=480;text="WebSocket closed"',
+    ) -> None:
         """End a dialog toward the switch on the browser's behalf (§15.1.1)."""
         member = self._member_for_routes(dialog.route_set, now)
         if member is None:
@@ -926,7 +955,7 @@ class Proxy:
             f"To: {dialog.far_header}\r\n"
             f"Call-ID: {dialog.call_id}\r\n"
             f"CSeq: {dialog.browser_cseq + 1} BYE\r\n"
-            'Reason: SIP;cause=480;text="WebSocket closed"\r\n'
+            f"Reason: {reason}\r\n"
             f"User-Agent: {self.settings.user_agent}\r\n"
             "Content-Length: 0\r\n\r\n"
         )
@@ -1017,6 +1046,30 @@ class Proxy:
     def _media_delete_id(self, call: str) -> None:
         if self.media_calls.pop(call, None) is not None:
             self._actions.append(MediaCommand(0, {"command": "delete", "call-id": call}))
+
+    def _send_bye_to_browser(self, dialog: Dialog, now: float) -> None:
+        """End a dialog toward the browser on the far side's behalf."""
+        flow = self.flows.get(dialog.flow_id)
+        if flow is None or not dialog.browser_target:
+            return
+        text = (
+            f"BYE {dialog.browser_target} SIP/2.0\r\n"
+            f"Via: SIP/2.0/WSS {self.settings.ws_host};branch=z9hG4bKx\r\n"
+            f"Max-Forwards: {DEFAULT_MAX_FORWARDS}\r\n"
+            f"From: {dialog.far_header}\r\n"
+            f"To: {dialog.browser_header}\r\n"
+            f"Call-ID: {dialog.call_id}\r\n"
+            f"CSeq: {dialog.far_cseq + 1} BYE\r\n"
+            'Reason: SIP;cause=408;text="media timeout"\r\n'
+            "Content-Length: 0\r\n\r\n"
+        )
+        bye = parse(text.encode())
+        assert isinstance(bye, Request)
+        bye.headers.pop_first("Via")
+        branch = self._new_branch()
+        bye.headers.prepend("Via", self._ws_via(flow, branch))
+        local = _Client(txn=None, request=bye, server=None, to_flow=flow.flow_id)  # type: ignore[arg-type]
+        self._start_client(local, branch, reliable=True, now=now)
 
     # ----------------------------------------------------------- probes
 

@@ -65,9 +65,35 @@ class ProxyRunner:
 
     # inputs --------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, media_poll: float | None = None) -> None:
+        """Start the proxy's timers; with ``media_poll``, ask the media layer
+        for its live calls that often (calls it ended on a media timeout are
+        then ended in SIP)."""
         self.proxy.start(self._loop.time())
         self._flush()
+        if media_poll:
+            task = asyncio.create_task(self._poll_media(media_poll))
+            self._media_tasks.add(task)
+            task.add_done_callback(self._media_tasks.discard)
+
+    async def _poll_media(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self.media is None or not self.proxy.media_calls:
+                continue
+            since = self._loop.time()
+            try:
+                reply = await self.media.request(
+                    {"command": "list", "limit": 1_000_000}, timeout=MEDIA_TIMEOUT
+                )
+            except Exception as exc:  # the media layer is busy or gone: try again later
+                log.warning("! media list failed: %s", exc)
+                continue
+            calls = reply.get("calls")
+            if reply.get("result") != "ok" or not isinstance(calls, list):
+                continue
+            self.proxy.media_alive({str(c) for c in calls}, since - interval, self._loop.time())
+            self._flush()
 
     def flow_opened(self, flow_id: int, host: str, port: int, *, secure: bool) -> None:
         self.proxy.flow_opened(flow_id, host, port, secure=secure)
@@ -170,6 +196,8 @@ class ProxyRunner:
             metrics.DIALOG_EVENTS.labels("started", note.detail).inc()
         elif kind == "dialog_ended":
             metrics.DIALOG_EVENTS.labels("ended", note.detail).inc()
+            if note.detail == "media_timeout":
+                log.info("= dialog ended by media timeout: BYE sent both ways")
             if note.detail == "flow_closed":
                 log.info("= dialog ended by WebSocket loss: BYE sent toward the switch")
 

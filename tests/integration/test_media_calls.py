@@ -262,3 +262,54 @@ async def test_websocket_drop_mid_call_ends_call_and_frees_media(gateway: Gatewa
         assert await media_sessions(gateway) == 0
     finally:
         await far.close()
+
+
+async def test_media_timeout_ends_the_call_both_ways(
+    kamailio: Kamailio, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The far end stops sending RTP: after media.timeout the gateway sends BYE both ways."""
+    low = 20000 + (free_port() % 200) * 100
+    control = free_port()
+    gw = GatewayProcess(
+        tmp_path,
+        upstream=kamailio.uri("udp"),
+        extra={
+            "media": {
+                "enabled": True,
+                "public_ip": GATEWAY_IP,
+                "bind_ip": GATEWAY_IP,
+                "port_range": f"{low}-{low + 99}",
+                "control": f"{GATEWAY_IP}:{control}",
+                "timeout": 2.0,
+            }
+        },
+    )
+    gw.control = (GATEWAY_IP, control)  # type: ignore[attr-defined]
+    await gw.start()
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE)
+    await far.start()
+    try:
+        async with registered(gw, "alice", "alicepw") as ua:
+            call = await ua.call(f"sip:9{far.port}@{REALM}", codecs=["PCMU"])
+            assert call.status == 200
+            assert await hear(ua.dominant_frequency, FAR_TONE) == pytest.approx(
+                FAR_TONE, abs=TOLERANCE
+            )
+            await asyncio.sleep(3.0)  # media flowing: no timeout while it does
+            assert call.state == "confirmed"
+            await far.stop_media()
+            assert await asyncio.wait_for(far.wait_ended(), 10) == "remote BYE"
+            assert await asyncio.wait_for(ua.wait_ended(), 10) == "remote BYE"
+            bye = ua.received("BYE")[-1]
+            assert "media timeout" in (bye.headers.get("Reason") or "")
+        assert (
+            await gw.metric("gateway_dialog_events_total", event="ended", how="media_timeout") >= 1
+        )
+        assert await media_sessions(gw) == 0
+    finally:
+        await far.close()
+        code = await gw.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print("---- gateway log (tail) ----\n" + gw.log_text()[-30000:])
+        assert code == 0
