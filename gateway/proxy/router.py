@@ -69,6 +69,10 @@ DEFAULT_MAX_FORWARDS = 70
 MEDIA_METHODS = frozenset({"INVITE", "UPDATE", "ACK", "PRACK"})
 #: Methods that create a dialog when sent outside one (RFC 3261, 6665, 3515).
 DIALOG_FORMING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+#: Seconds a failed initial INVITE's media session is kept for a retry with the same
+#: Call-ID (a 401/407 challenge, a 3xx): like rtpengine's delete-delay, it saves a
+#: session teardown and set-up, and a delete racing the retry's offer.
+MEDIA_DELETE_DELAY = 5.0
 #: RFC 6026: how long 2xx retransmissions to an INVITE are still forwarded, in T1.
 ACCEPTED_T1 = 64
 
@@ -210,6 +214,7 @@ class Proxy:
         self._media_tokens = itertools.count(1)
         #: media call id -> the browser flow it belongs to
         self.media_calls: dict[str, int] = {}
+        self._media_delete_due: dict[str, float] = {}
         self._actions: list[Action] = []
         self._clients: dict[tuple[str, str], _Client] = {}
         self._servers: dict[tuple[str, str, str], _Server] = {}
@@ -254,6 +259,11 @@ class Proxy:
                     self._pump_server(sctx, now)
             elif kind == "accepted":
                 self._accepted.pop(key, None)  # type: ignore[call-overload]
+            elif kind == "media_delete":
+                due = self._media_delete_due.get(key)  # type: ignore[call-overload]
+                if due is not None and due <= now:
+                    del self._media_delete_due[key]  # type: ignore[arg-type]
+                    self._media_delete_id(key)  # type: ignore[arg-type]
             elif kind == "probe":
                 self._send_probes(now)
                 self._push(now + self.settings.probe_interval, "probe", None)
@@ -702,7 +712,7 @@ class Proxy:
             if not ctx.final and ctx.request.method == "INVITE" and ctx.request.to_tag is None:
                 self.pending_invites -= 1
                 if status >= 300 and ctx.media_call is not None:
-                    self._media_delete_id(ctx.media_call)
+                    self._media_delete_later(ctx.media_call, now)
             ctx.final = True
         fwd = resp.copy()
         fwd.headers.pop_first("Via")
@@ -851,7 +861,7 @@ class Proxy:
         if not ctx.final and ctx.request.method == "INVITE" and ctx.request.to_tag is None:
             self.pending_invites -= 1
             if ctx.media_call is not None:
-                self._media_delete_id(ctx.media_call)
+                self._media_delete_later(ctx.media_call, now)
         ctx.final = True
         self._answer(ctx.server, 408, now)
 
@@ -1019,6 +1029,7 @@ class Proxy:
             )
         if offer:
             self.media_calls[call] = flow_id
+            self._media_delete_due.pop(call, None)  # a retry re-offers: keep the session
         token = next(self._media_tokens)
 
         def resume(reply: dict[str, object] | None, now: float) -> None:
@@ -1043,7 +1054,13 @@ class Proxy:
             return  # a failed re-offer leaves the call and its media alone
         self._media_delete_id(self._media_call(call_id, flow_id))
 
+    def _media_delete_later(self, call: str, now: float) -> None:
+        when = now + MEDIA_DELETE_DELAY
+        self._media_delete_due[call] = when
+        self._push(when, "media_delete", call)
+
     def _media_delete_id(self, call: str) -> None:
+        self._media_delete_due.pop(call, None)
         if self.media_calls.pop(call, None) is not None:
             self._actions.append(MediaCommand(0, {"command": "delete", "call-id": call}))
 

@@ -313,3 +313,55 @@ async def test_media_timeout_ends_the_call_both_ways(
         if report is not None and report.failed:
             print("---- gateway log (tail) ----\n" + gw.log_text()[-30000:])
         assert code == 0
+
+
+def _process_tree_usage(pid: int) -> tuple[int, int]:
+    """(open fds, RSS kB) of a process and its children (the media workers)."""
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(p) for p in children.read_text().split()]
+    fds = rss = 0
+    for p in pids:
+        fds += len(list(Path(f"/proc/{p}/fd").iterdir()))
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss += int(line.split()[1])
+    return fds, rss
+
+
+SEQUENTIAL_CALLS = 200
+
+
+async def test_sequential_calls_leave_nothing_behind(gateway: GatewayProcess) -> None:
+    """200 calls one after another: ports, sessions, sockets and memory come back."""
+    assert gateway.proc is not None
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE)
+    await far.start()
+    try:
+        async with registered(gateway, "alice", "alicepw") as ua:
+
+            async def one_call() -> None:
+                call = await ua.call(f"sip:9{far.port}@{REALM}", codecs=["PCMU"])
+                assert call.status == 200 and call.sdp_error is None
+                await ua.hangup()
+                await far.wait_ended()
+
+            for _ in range(10):  # warm-up: imports, caches, first allocations
+                await one_call()
+            await asyncio.sleep(0.5)
+            fds0, rss0 = _process_tree_usage(gateway.proc.pid)
+            for _ in range(SEQUENTIAL_CALLS):
+                await one_call()
+            for _ in range(30):
+                if await media_sessions(gateway) == 0:
+                    break
+                await asyncio.sleep(0.1)
+            fds1, rss1 = _process_tree_usage(gateway.proc.pid)
+        assert await media_sessions(gateway) == 0
+        assert await gateway.metric("gateway_dialogs") == 0
+        assert fds1 <= fds0 + 2, f"file descriptors {fds0} -> {fds1}"
+        assert rss1 - rss0 < 15_000, f"RSS grew {rss0} -> {rss1} kB over {SEQUENTIAL_CALLS} calls"
+        print(f"{SEQUENTIAL_CALLS} calls: fds {fds0} -> {fds1}, RSS {rss0} -> {rss1} kB")
+    finally:
+        await far.close()

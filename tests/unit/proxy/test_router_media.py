@@ -7,7 +7,7 @@ their own tests against aiortc); this checks the proxy's half of the contract.
 
 from __future__ import annotations
 
-from gateway.proxy.router import MediaCommand, Proxy
+from gateway.proxy.router import MEDIA_DELETE_DELAY, MediaCommand, Proxy
 from gateway.sip.message import Request, Response, parse
 from tests.unit.proxy.test_router import (
     FLOW,
@@ -191,8 +191,32 @@ def test_final_failure_deletes_the_media_session() -> None:
     proxy.receive_from_upstream(upstream_reply(req, 486, "Busy Here"), *SW1[:2], "udp", 0.2)
     actions = proxy.actions()
     assert [r.status for r in responses_to_flow(actions)] == [486]
-    (delete,) = commands(actions)
+    # kept a moment for a retry with the same Call-ID (like rtpengine's delete-delay)
+    assert not commands(actions)
+    proxy.handle_timer(0.2 + MEDIA_DELETE_DELAY)
+    (delete,) = commands(proxy.actions())
     assert delete.command["command"] == "delete"
+
+
+def test_retry_after_challenge_reuses_the_media_session() -> None:
+    """A 407 then the same INVITE with credentials: one session, no delete racing the offer."""
+    proxy = media_proxy()
+    proxy.receive_from_flow(FLOW, crlf(INVITE), 0.0)
+    (cmd,) = commands(proxy.actions())
+    proxy.media_result(cmd.token, {"result": "ok", "sdp": PLAIN}, 0.1)
+    _, req = only_request(proxy.actions())
+    proxy.receive_from_upstream(
+        upstream_reply(req, 407, "Proxy Authentication Required"), *SW1[:2], "udp", 0.2
+    )
+    proxy.actions()
+    retry = crlf(INVITE.replace("z9hG4bK9999", "z9hG4bK9998").replace("CSeq: 7", "CSeq: 8"))
+    proxy.receive_from_flow(FLOW, retry, 0.3)
+    (again,) = commands(proxy.actions())
+    assert (
+        again.command["command"] == "offer" and again.command["call-id"] == cmd.command["call-id"]
+    )
+    proxy.handle_timer(10.0)
+    assert not commands(proxy.actions())  # the pending delete was called off
 
 
 def test_flow_loss_deletes_media_of_its_calls() -> None:
