@@ -245,7 +245,7 @@ class MediaConfig:
     """host:port of the NG control socket (rtpengine's protocol and default port)."""
     control_allow_remote: bool = False
     """Allow media.control on a non-loopback address (the NG protocol has no auth)."""
-    workers: int = 0
+    workers: int = -1
     """0: media in the main process; N: N worker processes; -1: one per CPU core."""
     timeout: float = 60.0
     """Seconds without RTP from a peer meant to send before the call is ended."""
@@ -966,7 +966,7 @@ def _build(loader: _Loader) -> Config | None:
         bind_ip=g(md, "bind_ip", "0.0.0.0", _ip_or_empty("0.0.0.0")),
         control=g(md, "control", "127.0.0.1:22222", _hostport),
         control_allow_remote=g(md, "control_allow_remote", False, lambda v, n: v),
-        workers=g(md, "workers", 0, _media_workers),
+        workers=g(md, "workers", -1, _media_workers),
         timeout=g(md, "timeout", 60.0, _positive("seconds")),
     )
     metrics = MetricsConfig(

@@ -136,7 +136,7 @@ def test_minimal_config_takes_every_default() -> None:
     assert (config.media.public_ip, config.media.bind_ip) == ("", "0.0.0.0")
     assert config.media.control == "127.0.0.1:22222"
     assert config.media.control_allow_remote is False
-    assert (config.media.workers, config.media.timeout) == (0, 60.0)
+    assert (config.media.workers, config.media.timeout) == (-1, 60.0)
 
 
 def test_config_is_frozen_and_keyword_only() -> None:
