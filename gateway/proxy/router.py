@@ -215,6 +215,8 @@ class Proxy:
         #: media call id -> the browser flow it belongs to
         self.media_calls: dict[str, int] = {}
         self._media_delete_due: dict[str, float] = {}
+        #: why the media layer refused the last offer (for the 488's Warning)
+        self.media_error = ""
         self._actions: list[Action] = []
         self._clients: dict[tuple[str, str], _Client] = {}
         self._servers: dict[tuple[str, str, str], _Server] = {}
@@ -405,7 +407,7 @@ class Proxy:
                 self._media_delete(fwd.call_id, flow_id, only_if_initial=fwd)
                 return  # cancelled or the browser left while the media layer worked
             if not ok:
-                self._answer(sctx, 488, now, warning="media could not be anchored for this offer")
+                self._answer(sctx, 488, now, warning=f"media: {self.media_error}"[:200])
                 return
             client = _Client(
                 txn=None,  # type: ignore[arg-type]
@@ -526,7 +528,7 @@ class Proxy:
                     self._answer(sctx, 430, now, warning="flow failed")
                 return
             if not ok:
-                self._answer(sctx, 488, now, warning="media could not be anchored for this offer")
+                self._answer(sctx, 488, now, warning=f"media: {self.media_error}"[:200])
                 return
             branch = self._new_branch()
             fwd.headers.prepend("Via", self._ws_via(target, branch))
@@ -1042,6 +1044,7 @@ class Proxy:
                 return
             reason = reply.get("error-reason") if reply is not None else "no reply"
             self._note("media_failed", f"{command['command']}: {reason}")
+            self.media_error = str(reason)
             then(False, now)
 
         self._media_waits[token] = resume

@@ -365,3 +365,40 @@ async def test_sequential_calls_leave_nothing_behind(gateway: GatewayProcess) ->
         print(f"{SEQUENTIAL_CALLS} calls: fds {fds0} -> {fds1}, RSS {rss0} -> {rss1} kB")
     finally:
         await far.close()
+
+
+BAD_SDP_INVITE = (
+    "INVITE sip:95090@example.test SIP/2.0\r\n"
+    "Via: SIP/2.0/WS badsdp.invalid;branch=z9hG4bKbadsdp{n}\r\n"
+    "Max-Forwards: 70\r\n"
+    "From: <sip:alice@example.test>;tag=bad1\r\n"
+    "To: <sip:95090@example.test>\r\n"
+    "Call-ID: bad-sdp-{n}\r\n"
+    "CSeq: 1 INVITE\r\n"
+    "Contact: <sip:x@badsdp.invalid;transport=ws>\r\n"
+    "Content-Type: application/sdp\r\n"
+    "Content-Length: {length}\r\n\r\n{body}"
+)
+
+
+async def test_bad_sdp_gets_488_and_allocates_nothing(gateway: GatewayProcess) -> None:
+    import websockets
+
+    for n, body in enumerate(
+        (
+            "v=0\r\nthis is not sdp\r\n",
+            "v=0\r\no=- 1 1 IN IP4 1.2.3.4\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\n",
+        )
+    ):
+        async with websockets.connect(gateway.ws_url, subprotocols=["sip"]) as ws:  # type: ignore[list-item]
+            await ws.send(BAD_SDP_INVITE.format(n=n, length=len(body), body=body))
+            replies = []
+            while not replies or replies[-1].startswith("SIP/2.0 1"):
+                replies.append(str(await asyncio.wait_for(ws.recv(), 10)))
+            assert replies[-1].startswith("SIP/2.0 488"), replies[-1][:200]
+            assert "Warning: 399" in replies[-1]
+            warning = replies[-1].split("Warning: ", 1)[1].split("\r\n", 1)[0]
+            assert "media" in warning and (
+                "parse" in warning.lower() or "ice" in warning.lower()
+            ), warning
+    assert await media_sessions(gateway) == 0
