@@ -238,7 +238,9 @@ async def test_late_offer_call(gateway: GatewayProcess) -> None:
         await far.close()
 
 
-async def test_websocket_drop_mid_call_ends_call_and_frees_media(gateway: GatewayProcess) -> None:
+async def test_websocket_drop_mid_call_ends_call_and_frees_media(
+    kamailio: Kamailio, gateway: GatewayProcess
+) -> None:
     far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE)
     await far.start()
     try:
@@ -255,6 +257,7 @@ async def test_websocket_drop_mid_call_ends_call_and_frees_media(gateway: Gatewa
             assert await far.wait_ended() == "remote BYE"
         finally:
             await ua.close(unregister=False)
+            kamailio.remove_location(f"alice@{REALM}")  # the dropped browser's binding
         for _ in range(30):
             if await media_sessions(gateway) == 0:
                 break

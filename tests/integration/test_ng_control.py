@@ -470,7 +470,9 @@ async def test_start_media_from_config_binds_the_control_socket() -> None:
     )
     handle = await start_media(config)
     try:
-        assert handle.mode == "in-process" and handle.address[0] == "127.0.0.1"
+        # media.workers defaults to one worker per CPU core
+        assert handle.mode == "workers" and handle.address[0] == "127.0.0.1"
+        assert handle.pool is not None and len(handle.pool.workers) == (os.cpu_count() or 1)
         client = await NgClient.connect(*handle.address)
         assert await client.request({"command": "ping"}) == {"result": "pong"}
         await client.close()
