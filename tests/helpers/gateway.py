@@ -20,7 +20,7 @@ def free_port(ip: str = GATEWAY_IP, kind: int = socket.SOCK_STREAM) -> int:
     for _ in range(50):
         with socket.socket(socket.AF_INET, kind) as s:
             s.bind((ip, 0))
-            port = s.getsockname()[1]
+            port = int(s.getsockname()[1])
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
                 u.bind((ip, port))

@@ -48,6 +48,7 @@ __all__ = [
     "ReceivedRtp",
     "RtpFarEnd",
     "RtpStream",
+    "TelephoneEvent",
     "build_sdp",
 ]
 
@@ -143,7 +144,9 @@ def read_sdp(text: str, supported: Sequence[str]) -> Offer:
         if name is None:
             continue
         for known in supported:
-            if known.lower() == name.lower():
+            # same name and clock rate: telephone-event/48000 is not telephone-event/8000
+            clock_ok = rtpmap is None or rtpmap.clock == CODECS[known][1]
+            if known.lower() == name.lower() and clock_ok:
                 common.append((known, pt))
     return Offer(
         address=connection.host if connection is not None else "0.0.0.0",
@@ -169,6 +172,29 @@ class ReceivedRtp:
     timestamp: int
     ssrc: int
     payload: bytes
+
+
+#: RFC 4733 §2.3 payload: event, E|R|volume, duration.
+TELEPHONE_EVENT = struct.Struct("!BBH")
+#: RFC 4733 §3.2 DTMF event codes 0-15 as the symbols dialled.
+DTMF_SYMBOLS = "0123456789*#ABCD"
+
+
+@dataclass(frozen=True)
+class TelephoneEvent:
+    """One RFC 4733 event as received (all its packets folded together)."""
+
+    code: int
+    end: bool
+    volume: int
+    duration: int
+    timestamp: int
+    packets: int
+
+    @property
+    def symbol(self) -> str:
+        """The DTMF symbol of the event code ('?' outside 0-15)."""
+        return DTMF_SYMBOLS[self.code] if self.code < len(DTMF_SYMBOLS) else "?"
 
 
 def tone_pcm(frequency: float, start_sample: int, count: int) -> npt.NDArray[np.int16]:
@@ -385,6 +411,29 @@ class RtpStream:
     def dominant_frequency(self, last_seconds: float = 1.0) -> float:
         """Peak frequency (Hz) of G.711 audio received in the last ``last_seconds``."""
         return dominant_frequency(self.recent_audio(last_seconds))
+
+    def telephone_events(self, payload_type: int) -> list[TelephoneEvent]:
+        """RFC 4733 events received with ``payload_type``, one per event, in arrival order.
+
+        Packets of one event share the RTP timestamp (RFC 4733 §2.5.1.3); each event keeps
+        the longest duration seen and whether an end packet (E bit) arrived.
+        """
+        events: dict[tuple[int, int], TelephoneEvent] = {}
+        for p in self.packets:
+            if p.payload_type != payload_type or len(p.payload) < TELEPHONE_EVENT.size:
+                continue
+            code, flags, duration = TELEPHONE_EVENT.unpack_from(p.payload)
+            key = (p.ssrc, p.timestamp)
+            seen = events.get(key)
+            events[key] = TelephoneEvent(
+                code=code,
+                end=bool(flags & 0x80) or (seen is not None and seen.end),
+                volume=flags & 0x3F,
+                duration=max(duration, seen.duration if seen else 0),
+                timestamp=p.timestamp,
+                packets=(seen.packets if seen else 0) + 1,
+            )
+        return list(events.values())
 
     async def wait_packets(self, count: int, timeout: float = SIP_TIMEOUT_S) -> None:
         """Wait until ``count`` more RTP packets have arrived."""
@@ -659,7 +708,11 @@ class RtpFarEnd:
             await self._end(call, "remote BYE")
         elif request.method == "CANCEL":
             await self._cancel(request)
-        elif request.method in ("OPTIONS", "BYE"):
+        elif request.method == "INFO" and in_dialog and call is not None:
+            # RFC 6086 §4.2.2: INFO in the dialog gets 200 (kept in messages; DTMF relay
+            # bodies are read by dtmf_info_digits())
+            self._respond(request, self._response(request, 200, call))
+        elif request.method in ("OPTIONS", "BYE", "INFO"):
             self._respond(
                 request, make_response(request, 200 if request.method == "OPTIONS" else 481)
             )
@@ -983,6 +1036,31 @@ class RtpFarEnd:
     def dominant_frequency(self, last_seconds: float = 1.0) -> float:
         """Peak frequency (Hz) of the G.711 audio received in the last ``last_seconds``."""
         return self.rtp.dominant_frequency(last_seconds)
+
+    def dtmf_info_digits(self) -> str:
+        """Digits of every application/dtmf-relay INFO received, in order ("Signal=" lines)."""
+        digits = ""
+        seen: set[tuple[str, str]] = set()
+        for info in self.received("INFO"):
+            key = (info.call_id, info.headers.get("CSeq") or "")
+            if key in seen:  # a retransmission (RFC 3261 §17.2.2)
+                continue
+            seen.add(key)
+            content_type = (info.headers.get("Content-Type") or "").split(";")[0].strip()
+            if content_type.lower() != "application/dtmf-relay":
+                continue
+            for line in info.body.decode(errors="replace").splitlines():
+                name, _, value = line.partition("=")
+                if name.strip().lower() == "signal":
+                    digits += value.strip()
+        return digits
+
+    @property
+    def telephone_event_payload_type(self) -> int | None:
+        """The telephone-event payload type negotiated on the current call, if any."""
+        if self.call is None or self.call.offer is None:
+            return None
+        return next((pt for n, pt in self.call.offer.common if n == "telephone-event"), None)
 
     def received(self, method_or_status: str | int) -> list[Request | Response]:
         """Messages received: requests by method, or responses by status code."""
