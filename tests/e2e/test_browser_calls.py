@@ -1,0 +1,491 @@
+"""Real browser calls through the gateway: headless Chromium + SIP.js, Kamailio, an RTP far end.
+
+Chain: Chromium running the SIP.js webphone page (tests/clients/sipjs/, driven by
+tests/helpers/browser.py; its fake microphone plays a 1 kHz tone) -> the gateway daemon with
+media anchored (ICE-lite + DTLS-SRTP toward the browser, plain RTP toward the switch; media
+in-process, one test with two media workers) -> Kamailio (tests/helpers/kamailio.py, routes
+``9<port>`` to the far end and other users through their registration's Path) -> RtpFarEnd
+(tests/helpers/rtp_far_end.py: SIP over UDP on 127.0.0.3, PCMU/PCMA, sends a 600 Hz tone,
+decodes what it receives). Nothing is mocked.
+
+Audio is judged by content: the far end must decode the browser's 1 kHz tone from the G.711
+it receives, and the browser's getStats must show packets arriving with an audio level well
+above silence (the far end's tone).
+
+Not covered yet: an Opus-only browser calling a G.711-only far end (transcoding is being
+built separately); every call here is a G.711 passthrough call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.sdp.model import parse as parse_sdp
+from tests.helpers.browser import BrowserPhone
+from tests.helpers.gateway import GATEWAY_IP, GatewayProcess, free_port
+from tests.helpers.kamailio import KAMAILIO_IP, SIPP_IP, USERS, Kamailio
+from tests.helpers.kamailio import free_port as free_port_on
+from tests.helpers.rtp_far_end import RtpFarEnd
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+REALM = "example.test"
+BROWSER_TONE_HZ = 1000.0
+"""The fake microphone's tone (what the far end must hear)."""
+FAR_TONE_HZ = 600.0
+"""The far end's tone (what the browser must receive)."""
+TOLERANCE_HZ = 25.0
+"""FFT bin width at 8 kHz over 1 s is 1 Hz; G.711 and resampling keep the peak within this."""
+LEVEL_THRESHOLD = 0.05
+"""getStats audioLevel (0..1, linear) above which received audio is not silence; the far
+end's tone is about 0.24 of full scale, silence and comfort noise stay below 0.01."""
+TALK_SECONDS = 10
+"""Length of the two-way audio check, sampled once a second."""
+WARMUP_S = 2.0
+"""Time allowed after the answer for ICE, DTLS and jitter buffers before audio is judged."""
+STEP_TIMEOUT_S = 10.0
+"""Longest wait for one signalling step (registered, answered, ended...)."""
+HEAR_TIMEOUT_S = 8.0
+"""Longest wait for a tone to be heard."""
+PACKETS_PER_SECOND_MIN = 25
+"""PCMU at 20 ms is 50 packets a second; half of that proves a flow."""
+HELD_PACKETS_MAX = 5
+"""Packets the browser may still receive in a second of hold (ones already in flight)."""
+POLL_S = 0.25
+MEDIA_PORTS = 100
+SESSION_TIMEOUT_S = 30.0
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    kamailio: Kamailio, workdir: Path, request: pytest.FixtureRequest, *, workers: int
+) -> AsyncIterator[GatewayProcess]:
+    """The gateway daemon with media anchored on 127.0.0.2; its log is printed on failure."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    low = 20000 + (free_port() % 200) * MEDIA_PORTS
+    gw = GatewayProcess(
+        workdir,
+        upstream=kamailio.uri("udp"),
+        extra={
+            "media": {
+                "enabled": True,
+                "public_ip": GATEWAY_IP,
+                "bind_ip": GATEWAY_IP,
+                "port_range": f"{low}-{low + MEDIA_PORTS - 1}",
+                "control": f"{GATEWAY_IP}:{free_port()}",
+                "workers": workers,
+                "timeout": SESSION_TIMEOUT_S,
+            }
+        },
+    )
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        code = await gw.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print("---- gateway log (tail) ----\n" + gw.log_text()[-30000:])
+        assert code == 0, f"gateway exit code {code}\n{gw.log_text()[-5000:]}"
+        errors = [
+            line for line in gw.log_text().splitlines() if " ERROR " in line or "Traceback" in line
+        ]
+        assert not errors, "gateway logged errors:\n" + "\n".join(errors[:20])
+
+
+@pytest.fixture
+async def gateway(
+    kamailio: Kamailio, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[GatewayProcess]:
+    """The gateway with its media layer in-process."""
+    async with running_gateway(kamailio, tmp_path / "gateway", request, workers=0) as gw:
+        yield gw
+
+
+@pytest.fixture
+async def phone(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[BrowserPhone]:
+    """One headless Chromium with the webphone page; console log + screenshot on failure."""
+    browser = await BrowserPhone.start(tmp_path / "phone", tone_hz=BROWSER_TONE_HZ)
+    try:
+        yield browser
+    finally:
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            saved = await browser.save_artifacts(f"test failed: {request.node.name}")
+            print(f"---- browser artifacts: {saved}")
+        await browser.close()
+
+
+@pytest.fixture
+async def far() -> AsyncIterator[RtpFarEnd]:
+    """The plain-RTP far end on 127.0.0.3 (Kamailio routes 9<port> to it)."""
+    end = RtpFarEnd(
+        free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "PCMA", "telephone-event")
+    )
+    await end.start()
+    try:
+        yield end
+    finally:
+        await end.close()
+
+
+@pytest.fixture
+def clean_bindings(kamailio: Kamailio) -> Iterator[None]:
+    """No registration of the test users left over before or after a test."""
+    for user in USERS:
+        kamailio.remove_location(f"{user}@{REALM}")
+    yield
+    for user in USERS:
+        kamailio.remove_location(f"{user}@{REALM}")
+
+
+@pytest.fixture
+def dead_ws_port() -> Iterator[int]:
+    """A loopback TCP port that refuses connections (bound, never listening)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind((KAMAILIO_IP, 0))
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        sock.close()
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+async def register(
+    phone: BrowserPhone, ws_servers: str, user: str, **options: Any
+) -> dict[str, Any]:
+    """Configure the page for ``user`` and register; returns the onRegistered event."""
+    await phone.configure(
+        wsServers=ws_servers,
+        username=user,
+        password=USERS[user],
+        realm=REALM,
+        audioProcessing=False,  # noise suppression would eat the test tone
+        **options,
+    )
+    await phone.register()
+    return await phone.wait_for("onRegistered|onRegistrationFailed", timeout=STEP_TIMEOUT_S)
+
+
+async def call_far_end(phone: BrowserPhone, far: RtpFarEnd) -> str:
+    """Call the far end (9<port>) and wait for the answer; returns the browser's call id."""
+    placed = await phone.make_call(f"9{far.port}")
+    answered = await phone.wait_for("onAnswer|onEnd", timeout=STEP_TIMEOUT_S)
+    assert answered["event"] == "onAnswer", answered
+    await far.wait_confirmed()
+    return str(placed["callId"])
+
+
+async def far_hears(far: RtpFarEnd, tone_hz: float, timeout: float = HEAR_TIMEOUT_S) -> float:
+    """Wait until the far end's dominant received frequency is ``tone_hz``; returns it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    heard = 0.0
+    while loop.time() < deadline:
+        heard = far.dominant_frequency()
+        if abs(heard - tone_hz) <= TOLERANCE_HZ:
+            return heard
+        await asyncio.sleep(POLL_S)
+    return heard
+
+
+async def inbound(phone: BrowserPhone) -> dict[str, Any]:
+    """The browser's inbound-rtp stats of the current call (zeros before any packet)."""
+    stats = await phone.get_stats()
+    return stats.get("inbound") or {"packetsReceived": 0, "audioLevel": None}
+
+
+async def browser_receives_tone(phone: BrowserPhone, timeout: float = HEAR_TIMEOUT_S) -> float:
+    """Wait until the browser's inbound audioLevel is above LEVEL_THRESHOLD; returns it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    level = 0.0
+    while loop.time() < deadline:
+        level = float((await inbound(phone)).get("audioLevel") or 0.0)
+        if level > LEVEL_THRESHOLD:
+            return level
+        await asyncio.sleep(POLL_S)
+    return level
+
+
+async def packets_in_one_second(phone: BrowserPhone) -> int:
+    """How many RTP packets the browser receives over the next second."""
+    before = int((await inbound(phone))["packetsReceived"])
+    await asyncio.sleep(1.0)
+    return int((await inbound(phone))["packetsReceived"]) - before
+
+
+def audio_direction(sdp: bytes | str) -> str:
+    """The audio stream's direction attribute (RFC 3264 §5.1; sendrecv when absent)."""
+    text = sdp.decode() if isinstance(sdp, bytes) else sdp
+    session = parse_sdp(text)
+    return session.direction(session.media[0])
+
+
+def offered_codecs(sdp: bytes) -> dict[int, str]:
+    """payload type -> "name/clock" of the audio stream of an SDP."""
+    session = parse_sdp(sdp.decode())
+    media = session.media[0]
+    out: dict[int, str] = {}
+    for pt in media.payload_types:
+        rtpmap = media.rtpmap(pt)
+        out[pt] = f"{rtpmap.encoding}/{rtpmap.clock}" if rtpmap else f"static/{pt}"
+    return out
+
+
+def browser_offer_codecs(gateway_log: str) -> list[str]:
+    """ "name/clock" of the codecs in the first WebRTC audio offer in the gateway's SIP trace."""
+    found = re.search(r"^m=audio \d+ UDP/TLS/RTP/SAVPF .*?(?=^m=|^\s*$)", gateway_log, re.M | re.S)
+    assert found, "no WebRTC offer in the gateway's SIP trace (log.sip_trace)"
+    by_pt = dict(re.findall(r"^a=rtpmap:(\d+) ([\w.-]+/\d+)", found.group(0), re.M))
+    return [by_pt.get(pt, f"static/{pt}") for pt in found.group(0).split("\n")[0].split()[3:]]
+
+
+async def hang_up_from_browser(phone: BrowserPhone, far: RtpFarEnd) -> None:
+    """Browser hangs up: the far end gets BYE, the page reports a local hangup."""
+    await phone.hangup()
+    assert await far.wait_ended() == "remote BYE"
+    ended = await phone.wait_for("onEnd", timeout=STEP_TIMEOUT_S)
+    assert ended["cause"] == "local_hangup", ended
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+async def test_register_stores_the_gateway_path_at_the_switch(
+    kamailio: Kamailio, gateway: GatewayProcess, phone: BrowserPhone, clean_bindings: None
+) -> None:
+    """REGISTER from the browser passes the gateway, which adds Path (RFC 3327) to itself."""
+    registered = await register(phone, gateway.ws_url, "alice")
+    assert registered["event"] == "onRegistered", registered
+    bindings = kamailio.locations(f"alice@{REALM}")
+    assert len(bindings) == 1, bindings
+    binding = bindings[0]
+    assert f"@{GATEWAY_IP}:{gateway.sip_port};" in binding["path"], binding
+    assert ";lr" in binding["path"], binding
+    assert "transport=ws" in binding["contact"].lower(), binding  # the browser's own Contact
+
+
+async def test_outbound_call_with_two_way_audio_for_ten_seconds(
+    gateway: GatewayProcess, phone: BrowserPhone, far: RtpFarEnd, clean_bindings: None
+) -> None:
+    """An answered call carries both tones for 10 s; the browser hangs up, the far end gets BYE."""
+    assert (await register(phone, gateway.ws_url, "alice"))["event"] == "onRegistered"
+    await call_far_end(phone, far)
+    # the far end was offered plain RTP on the gateway's address, no WebRTC attributes
+    invite = far.received("INVITE")[0]
+    offer = parse_sdp(invite.body.decode())
+    assert offer.media[0].proto == "RTP/AVP"
+    assert offer.connection_for(offer.media[0]).address == GATEWAY_IP  # type: ignore[union-attr]
+    assert b"a=fingerprint" not in invite.body and b"a=ice-ufrag" not in invite.body
+
+    await asyncio.sleep(WARMUP_S)
+    heard: list[float] = []
+    received: list[int] = []
+    levels: list[float] = []
+    for _ in range(TALK_SECONDS):
+        before = int((await inbound(phone))["packetsReceived"])
+        await asyncio.sleep(1.0)
+        stats = await inbound(phone)
+        received.append(int(stats["packetsReceived"]) - before)
+        levels.append(float(stats.get("audioLevel") or 0.0))
+        heard.append(far.dominant_frequency(last_seconds=1.0))
+    # every second of the ten: the far end decodes the browser's tone from its PCMU...
+    assert all(abs(f - BROWSER_TONE_HZ) <= TOLERANCE_HZ for f in heard), heard
+    # ...and the browser receives the far end's packets, with sound in them
+    assert all(n >= PACKETS_PER_SECOND_MIN for n in received), received
+    assert all(level > LEVEL_THRESHOLD for level in levels), levels
+    stats = await phone.get_stats()
+    assert stats["connectionState"] == "connected", stats
+    assert stats["selectedPair"]["remote"].startswith(f"{GATEWAY_IP}:"), stats
+
+    await hang_up_from_browser(phone, far)
+
+
+async def test_inbound_call_auto_answered_and_far_end_hangs_up(
+    kamailio: Kamailio,
+    gateway: GatewayProcess,
+    phone: BrowserPhone,
+    far: RtpFarEnd,
+    clean_bindings: None,
+) -> None:
+    """The far end calls bob through Kamailio; the page auto-answers; the far end's BYE ends it."""
+    registered = await register(phone, gateway.ws_url, "bob", autoAnswer=True)
+    assert registered["event"] == "onRegistered", registered
+    inviting = asyncio.ensure_future(far.invite("bob", (kamailio.ip, kamailio.udp_port)))
+    try:
+        incoming = await phone.wait_for("onIncoming", timeout=STEP_TIMEOUT_S)
+        assert incoming["autoAnswer"] is True
+        assert f"@{SIPP_IP}" in incoming["remote"], incoming
+        final = await asyncio.wait_for(inviting, STEP_TIMEOUT_S)
+    finally:
+        if not inviting.done():
+            inviting.cancel()
+        await asyncio.gather(inviting, return_exceptions=True)
+    assert final.status == 200, final
+    # the far end gets a plain answer on the gateway's address
+    answer = parse_sdp(final.body.decode())
+    assert answer.media[0].proto == "RTP/AVP"
+    assert answer.connection_for(answer.media[0]).address == GATEWAY_IP  # type: ignore[union-attr]
+    await phone.wait_for("onAnswer", timeout=STEP_TIMEOUT_S)
+
+    heard = await far_hears(far, BROWSER_TONE_HZ)
+    assert heard == pytest.approx(BROWSER_TONE_HZ, abs=TOLERANCE_HZ)
+    assert await browser_receives_tone(phone) > LEVEL_THRESHOLD
+    assert await packets_in_one_second(phone) >= PACKETS_PER_SECOND_MIN
+
+    assert (await far.send_bye()).status == 200
+    ended = await phone.wait_for("onEnd", timeout=STEP_TIMEOUT_S)
+    assert ended["cause"] == "remote_hangup", ended
+    assert ended["cdr"]["direction"] == "inbound" and ended["cdr"]["answered"] is True
+
+
+async def test_hold_and_unhold(
+    gateway: GatewayProcess, phone: BrowserPhone, far: RtpFarEnd, clean_bindings: None
+) -> None:
+    """Hold: the far end is offered sendonly, answers recvonly and stops sending; unhold
+    resumes audio both ways. The far end then hangs up an outbound call."""
+    assert (await register(phone, gateway.ws_url, "alice"))["event"] == "onRegistered"
+    await call_far_end(phone, far)
+    assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(BROWSER_TONE_HZ, abs=TOLERANCE_HZ)
+    assert await browser_receives_tone(phone) > LEVEL_THRESHOLD
+
+    await phone.hold()
+    assert (await phone.wait_for("onHold"))["held"] is True
+    reinvites = far.received("INVITE")
+    assert len(reinvites) == 2, [r.body for r in reinvites]
+    assert audio_direction(reinvites[1].body) == "sendonly"
+    assert far.call is not None and far.call.local_direction == "recvonly"
+    assert audio_direction(far.sent(200)[-1].body) == "recvonly"
+    await asyncio.sleep(0.5)  # packets already in flight
+    held = await packets_in_one_second(phone)
+    assert held <= HELD_PACKETS_MAX, f"{held} packets reached the browser while held"
+
+    await phone.unhold()
+    assert (await phone.wait_for("onHold"))["held"] is False
+    reinvites = far.received("INVITE")
+    assert len(reinvites) == 3
+    assert audio_direction(reinvites[2].body) == "sendrecv"
+    assert far.call.local_direction == "sendrecv"
+    assert await packets_in_one_second(phone) >= PACKETS_PER_SECOND_MIN
+    assert await browser_receives_tone(phone) > LEVEL_THRESHOLD
+    assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(BROWSER_TONE_HZ, abs=TOLERANCE_HZ)
+
+    assert (await far.send_bye()).status == 200
+    ended = await phone.wait_for("onEnd", timeout=STEP_TIMEOUT_S)
+    assert ended["cause"] == "remote_hangup", ended
+
+
+async def test_dtmf_as_sip_info_and_as_rfc4733_events(
+    gateway: GatewayProcess, phone: BrowserPhone, far: RtpFarEnd, clean_bindings: None
+) -> None:
+    """INFO application/dtmf-relay reaches the far end; so do RFC 4733 telephone-events."""
+    assert (await register(phone, gateway.ws_url, "alice"))["event"] == "onRegistered"
+    await call_far_end(phone, far)
+    te_pt = far.telephone_event_payload_type
+    assert te_pt is not None, offered_codecs(far.received("INVITE")[0].body)
+    assert offered_codecs(far.received("INVITE")[0].body)[te_pt] == "telephone-event/8000"
+    assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(BROWSER_TONE_HZ, abs=TOLERANCE_HZ)
+
+    # SIP INFO (SIP.js's default DTMF): one request per digit, each answered 200 by the far end
+    await phone.send_dtmf("123#", "info")
+    sent = [await phone.wait_for("onDtmfSent", timeout=STEP_TIMEOUT_S) for _ in range(4)]
+    assert [(e["digit"], e["statusCode"]) for e in sent] == [
+        ("1", 200),
+        ("2", 200),
+        ("3", 200),
+        ("#", 200),
+    ]
+    assert far.dtmf_info_digits() == "123#"
+
+    # RFC 4733: telephone-event packets in RTP with the negotiated payload type
+    await phone.send_dtmf("5*9", "rfc4733")
+    played = [await phone.wait_for("onDtmfSent", timeout=STEP_TIMEOUT_S) for _ in range(3)]
+    assert [e["digit"] for e in played] == ["5", "*", "9"]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STEP_TIMEOUT_S
+    events = far.rtp.telephone_events(te_pt)
+    while loop.time() < deadline and not (len(events) >= 3 and all(e.end for e in events)):
+        await asyncio.sleep(POLL_S)
+        events = far.rtp.telephone_events(te_pt)
+    assert "".join(e.symbol for e in events) == "5*9", (events, far.payload_types_seen)
+    assert all(e.end for e in events), events
+    # audio carries on after the events
+    assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(BROWSER_TONE_HZ, abs=TOLERANCE_HZ)
+
+    await hang_up_from_browser(phone, far)
+
+
+async def test_pcmu_passthrough_with_media_workers(
+    kamailio: Kamailio,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    phone: BrowserPhone,
+    clean_bindings: None,
+) -> None:
+    """The browser offers its default codecs (Opus first, PCMU among them); the switch leg is
+    PCMU: the far end is offered and gets payload type 0, the browser sends and hears PCMU.
+    Media runs in two worker processes here."""
+    pcmu_only = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU",))
+    await pcmu_only.start()
+    try:
+        async with running_gateway(kamailio, tmp_path / "gateway", request, workers=2) as gw:
+            assert (await register(phone, gw.ws_url, "carol"))["event"] == "onRegistered"
+            await call_far_end(phone, pcmu_only)
+            # what the browser offered the gateway: its default list, Opus first, PCMU in it
+            browser_offer = browser_offer_codecs(gw.log_text())
+            assert browser_offer[0] == "opus/48000", browser_offer
+            assert "PCMU/8000" in browser_offer, browser_offer
+            # the switch leg: the far end is offered PCMU as payload type 0 and answers it
+            offered = offered_codecs(pcmu_only.received("INVITE")[0].body)
+            assert offered.get(0) in ("PCMU/8000", "static/0"), offered
+            answered = parse_sdp(pcmu_only.sent(200)[0].body.decode()).media[0]
+            assert answered.payload_types == [0], answered
+            assert await far_hears(pcmu_only, BROWSER_TONE_HZ) == pytest.approx(
+                BROWSER_TONE_HZ, abs=TOLERANCE_HZ
+            )
+            assert await browser_receives_tone(phone) > LEVEL_THRESHOLD
+            assert pcmu_only.payload_types_seen == {0}
+            stats = await phone.get_stats()
+            assert stats["codec"]["mimeType"].lower() == "audio/pcmu", stats
+            assert stats["codec"]["payloadType"] == 0, stats
+            await hang_up_from_browser(phone, pcmu_only)
+    finally:
+        await pcmu_only.close()
+
+
+async def test_failover_to_the_second_gateway(
+    gateway: GatewayProcess,
+    phone: BrowserPhone,
+    far: RtpFarEnd,
+    dead_ws_port: int,
+    clean_bindings: None,
+) -> None:
+    """wsServers "ws://dead,ws://live": the first refuses, the phone registers and calls
+    through the second."""
+    dead = f"ws://{KAMAILIO_IP}:{dead_ws_port}"
+    registered = await register(phone, f"{dead},{gateway.ws_url}", "alice")
+    assert registered["event"] == "onRegistered", registered
+    failed = await phone.wait_for("onTransportFailed")
+    assert failed["server"] == dead
+    connected = await phone.wait_for("onTransportConnected")
+    assert connected["server"] == gateway.ws_url
+    assert registered["server"] == gateway.ws_url
+
+    await call_far_end(phone, far)
+    assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(BROWSER_TONE_HZ, abs=TOLERANCE_HZ)
+    assert await browser_receives_tone(phone) > LEVEL_THRESHOLD
+    await hang_up_from_browser(phone, far)
