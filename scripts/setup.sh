@@ -16,7 +16,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 run_pkgs=(python3 python3-venv python3-pip libopus0 libbcg729-0 openssl ca-certificates)
 # The switch (Kamailio), the far end (sipp), TURN (coturn), the browser (Chromium)
 test_pkgs=(kamailio kamailio-websocket-modules kamailio-tls-modules sip-tester coturn
-           chromium chromium-driver espeak-ng sox)
+           chromium chromium-driver espeak-ng sox rtpengine-daemon)
 pkgs=("${run_pkgs[@]}")
 [ "$mode" = run ] || pkgs+=("${test_pkgs[@]}")
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
@@ -34,7 +34,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   # The Debian packages enable system services on port 5060/3478; the tests
   # start their own instances on loopback, so keep the stock ones off.
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    as_root systemctl disable --now kamailio coturn >/dev/null 2>&1 || true
+    as_root systemctl disable --now kamailio coturn rtpengine-daemon >/dev/null 2>&1 || true
   fi
 fi
 
