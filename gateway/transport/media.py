@@ -331,15 +331,21 @@ class MediaEngine:
         self._sessions.pop(id(session), None)
 
     def _open_single(self) -> tuple[socket.socket, int]:
-        for _ in range(BIND_ATTEMPTS):
-            port = self.ports.allocate_one()
-            try:
-                return _udp_socket(self.bind_ip, port), port
-            except OSError as exc:
-                # Held by another process: give it back and try the next one (the
-                # allocator's cursor has moved past it).
+        # A port held by another process stays reserved until the search ends, so
+        # each attempt gets a different port (releasing it at once handed the same
+        # port back every time).
+        failed: list[int] = []
+        try:
+            for _ in range(BIND_ATTEMPTS):
+                port = self.ports.allocate_one()
+                try:
+                    return _udp_socket(self.bind_ip, port), port
+                except OSError as exc:
+                    failed.append(port)
+                    log.debug("x bind %s:%d failed: %s", self.bind_ip, port, exc)
+        finally:
+            for port in failed:
                 self.ports.release(port)
-                log.debug("x bind %s:%d failed: %s", self.bind_ip, port, exc)
         raise PortsExhausted(f"no bindable media port after {BIND_ATTEMPTS} attempts")
 
     def _close_single(self, sock: socket.socket, port: int) -> None:
@@ -347,20 +353,25 @@ class MediaEngine:
         self.ports.release(port)
 
     def _open_pair(self) -> tuple[socket.socket, socket.socket, int]:
-        for _ in range(BIND_ATTEMPTS):
-            port = self.ports.allocate_pair()
-            try:
-                rtp = _udp_socket(self.bind_ip, port)
-            except OSError as exc:
+        failed: list[int] = []
+        try:
+            for _ in range(BIND_ATTEMPTS):
+                port = self.ports.allocate_pair()
+                try:
+                    rtp = _udp_socket(self.bind_ip, port)
+                except OSError as exc:
+                    failed.append(port)
+                    log.debug("x bind %s:%d failed: %s", self.bind_ip, port, exc)
+                    continue
+                try:
+                    rtcp = _udp_socket(self.bind_ip, port + 1)
+                except OSError as exc:
+                    rtp.close()
+                    failed.append(port)
+                    log.debug("x bind %s:%d failed: %s", self.bind_ip, port + 1, exc)
+                    continue
+                return rtp, rtcp, port
+        finally:
+            for port in failed:
                 self.ports.release_pair(port)
-                log.debug("x bind %s:%d failed: %s", self.bind_ip, port, exc)
-                continue
-            try:
-                rtcp = _udp_socket(self.bind_ip, port + 1)
-            except OSError as exc:
-                rtp.close()
-                self.ports.release_pair(port)
-                log.debug("x bind %s:%d failed: %s", self.bind_ip, port + 1, exc)
-                continue
-            return rtp, rtcp, port
         raise PortsExhausted(f"no bindable media port pair after {BIND_ATTEMPTS} attempts")

@@ -560,3 +560,26 @@ async def test_gateway_offers_actpass_and_aiortc_answers_active() -> None:
             with contextlib.suppress(asyncio.CancelledError, MediaStreamError):
                 await browser.task
         await engine.close()
+
+
+async def test_port_held_by_another_process_is_skipped() -> None:
+    """A media port some other process holds must not be retried on every attempt."""
+    low = 47100
+    blockers = []
+    for port in range(low + 1, low + 6, 2):  # the odd ports, partners of evens we reserve
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((GATEWAY_IP, port))
+        blockers.append(s)
+    engine = MediaEngine(public_ip=GATEWAY_IP, bind_ip=GATEWAY_IP, port_range=(low, low + 39))
+    await engine.start()
+    try:
+        for _port in range(low, low + 6, 2):
+            engine.ports.allocate_one()  # take the even ports: odd partners are preferred next
+        session = engine.create_session("held-ports")
+        assert session.webrtc.local_port not in {b.getsockname()[1] for b in blockers}
+        await session.close()
+        assert engine.ports_in_use() == 3
+    finally:
+        await engine.close()
+        for s in blockers:
+            s.close()
