@@ -1,7 +1,7 @@
 """Gateway configuration: one TOML file, environment overrides, validation at start-up.
 
 The file has one table per dataclass below (``[listen]``, ``[tls]``, ``[upstream]``,
-``[sip]``, ``[security]``, ``[websocket]``, ``[media]``, ``[metrics]``, ``[log]``,
+``[sip]``, ``[security]``, ``[websocket]``, ``[media]``, ``[codecs]``, ``[metrics]``, ``[log]``,
 ``[general]``);
 ``config/gateway.toml`` documents every key.  Any key can be overridden from the
 environment as ``GATEWAY_<TABLE>_<KEY>`` (``GATEWAY_UPSTREAM_SERVERS``,
@@ -33,6 +33,7 @@ from typing import Any, Final, TypeVar, get_type_hints
 
 __all__ = [
     "ENV_PREFIX",
+    "CodecsConfig",
     "Config",
     "ConfigError",
     "GeneralConfig",
@@ -75,6 +76,13 @@ MAX_MEDIA_PORT: Final = 65535
 MIN_MEDIA_PORTS: Final = 8
 #: Most media worker processes.
 MAX_MEDIA_WORKERS: Final = 1024
+
+#: Codec names ``codecs.switch`` may list (the narrowband side of every transcoding pair).
+SWITCH_CODECS: Final = ("PCMU", "PCMA", "G729")
+#: Codec names ``codecs.browser`` may list (what WebRTC browsers implement, RFC 7874 §3).
+BROWSER_CODECS: Final = ("opus", "PCMU", "PCMA")
+#: Bounds of ``codecs.opus_complexity`` (libopus OPUS_SET_COMPLEXITY).
+MAX_OPUS_COMPLEXITY: Final = 10
 
 TRANSPORTS: Final = ("udp", "tcp", "tls")
 MODES: Final = ("path", "contact-rewrite")
@@ -258,6 +266,27 @@ class MediaConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CodecsConfig:
+    """``[codecs]``: codec policy of anchored calls (passthrough or transcoding)."""
+
+    switch: tuple[str, ...] = ("PCMU", "PCMA", "G729")
+    """Codecs added to an offer toward the switch, in priority order, when the browser
+    lacks them (so a G.711-only switch can answer an Opus-only browser). G729 is used only
+    when the system libbcg729 loads. Names from PCMU, PCMA, G729."""
+    browser: tuple[str, ...] = ("opus", "PCMU", "PCMA")
+    """Codecs added to an offer toward the browser, in priority order, when the switch
+    lacks them. Names from opus, PCMU, PCMA."""
+    strip: tuple[str, ...] = ()
+    """Regular expressions (full, case-insensitive match of the encoding name) removing
+    codecs from the browser's offer before it goes to the switch ("Codec Delete"). opus
+    cannot be stripped."""
+    opus_complexity: int = 5
+    """libopus encoder complexity, 0 (cheapest) to 10, for audio sent to browsers."""
+    transcode: bool = True
+    """false: offer only the offerer's codecs; no shared codec means the call fails (488)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class MetricsConfig:
     """``[metrics]``: the internal Prometheus listener."""
 
@@ -303,6 +332,8 @@ class Config:
     """``[websocket]``."""
     media: MediaConfig = field(default_factory=MediaConfig)
     """``[media]``."""
+    codecs: CodecsConfig = field(default_factory=CodecsConfig)
+    """``[codecs]``."""
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     """``[metrics]``."""
     log: LogConfig = field(default_factory=LogConfig)
@@ -320,6 +351,7 @@ _TABLES: Final[dict[str, type[Any]]] = {
     "security": SecurityConfig,
     "websocket": WebSocketConfig,
     "media": MediaConfig,
+    "codecs": CodecsConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,
     "general": GeneralConfig,
@@ -896,6 +928,51 @@ def _media_workers(value: int, name: str) -> int:
     return value
 
 
+def _codec_names(allowed: tuple[str, ...]) -> Callable[[tuple[str, ...], str], tuple[str, ...]]:
+    """A non-empty list of names from ``allowed`` (case-insensitive), no repeats."""
+
+    def check(value: tuple[str, ...], name: str) -> tuple[str, ...]:
+        canonical = {a.lower(): a for a in allowed}
+        result: list[str] = []
+        for item in value:
+            codec = canonical.get(item.strip().lower())
+            if codec is None:
+                raise ConfigError(
+                    f"{name}: {item!r} is not a codec the gateway can offer here; expected "
+                    + ", ".join(allowed[:-1])
+                    + " or "
+                    + allowed[-1]
+                )
+            if codec in result:
+                raise ConfigError(f"{name}: {item!r} is listed twice; list each codec once")
+            result.append(codec)
+        if not result:
+            raise ConfigError(
+                f"{name}: [] is empty; list at least one codec, e.g. {_show(list(allowed[:2]))}"
+            )
+        return tuple(result)
+
+    return check
+
+
+def _strip_patterns(value: tuple[str, ...], name: str) -> tuple[str, ...]:
+    for pattern in value:
+        try:
+            compiled = re.compile(pattern, re.IGNORECASE)
+        except re.error as exc:
+            raise ConfigError(
+                f"{name}: {pattern!r} is not a regular expression ({exc}); expected e.g. "
+                "'G722' or 'PCM.'"
+            ) from None
+        # The browser's own codec must survive: transcoding to the switch starts from it.
+        if compiled.fullmatch("opus"):
+            raise ConfigError(
+                f"{name}: {pattern!r} would strip opus from the browser's offer; opus cannot "
+                "be stripped (it is what the gateway transcodes from); narrow the pattern"
+            )
+    return value
+
+
 def _servers(value: str, name: str) -> tuple[UpstreamServer, ...]:
     return parse_upstream_servers(value, name)
 
@@ -969,6 +1046,16 @@ def _build(loader: _Loader) -> Config | None:
         workers=g(md, "workers", -1, _media_workers),
         timeout=g(md, "timeout", 60.0, _positive("seconds")),
     )
+    cd = "codecs"
+    codecs = CodecsConfig(
+        switch=g(cd, "switch", ("PCMU", "PCMA", "G729"), _codec_names(SWITCH_CODECS)),
+        browser=g(cd, "browser", ("opus", "PCMU", "PCMA"), _codec_names(BROWSER_CODECS)),
+        strip=g(cd, "strip", (), _strip_patterns),
+        opus_complexity=g(
+            cd, "opus_complexity", 5, _int_range(0, MAX_OPUS_COMPLEXITY, " (libopus complexity)")
+        ),
+        transcode=g(cd, "transcode", True, lambda v, n: v),
+    )
     metrics = MetricsConfig(
         listen=g("metrics", "listen", "127.0.0.1:9100", _hostport_or_empty),
     )
@@ -992,6 +1079,7 @@ def _build(loader: _Loader) -> Config | None:
         security=security,
         websocket=websocket,
         media=media,
+        codecs=codecs,
         metrics=metrics,
         log=log,
         general=general,

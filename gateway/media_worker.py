@@ -1,7 +1,7 @@
 """Media worker process: one MediaEngine and its NG socket on loopback.
 
 Started by :class:`gateway.transport.ng.WorkerPool` as ``python -m gateway.media_worker``
-with its slice of the port range. It binds its NG socket on 127.0.0.1 (an ephemeral port),
+with its slice of the port range and the codec policy (``--codecs``). It binds its NG socket on 127.0.0.1 (an ephemeral port),
 prints ``READY <port>`` on stdout, and serves until its stdin reaches end of file (the
 parent closed the pipe, or died: no orphaned workers), SIGTERM or SIGINT. Then it ends
 every call, closes its sockets and exits 0.
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway.transport.media import MediaEngine
-from gateway.transport.ng import local_handler, serve_ng
+from gateway.transport.ng import local_handler, policy_from_json, serve_ng
 
 __all__ = ["main", "run"]
 
@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ports", type=_ports, required=True, help="LOW-HIGH port slice")
     parser.add_argument("--timeout", type=float, default=60.0, help="media timeout, seconds")
     parser.add_argument("--control-host", default="127.0.0.1", help="NG socket address")
+    parser.add_argument(
+        "--codecs",
+        type=policy_from_json,
+        default=None,
+        help="codec policy as JSON (gateway.transport.ng.policy_to_json); none: passthrough only",
+    )
     return parser
 
 
@@ -50,7 +56,7 @@ async def run(args: argparse.Namespace) -> None:
         public_ip=args.public_ip, bind_ip=args.bind_ip, port_range=args.ports, timeout=args.timeout
     )
     await engine.start()
-    commands, backend, handler = await local_handler(engine)
+    commands, backend, handler = await local_handler(engine, codecs=args.codecs)
     server = await serve_ng(handler, args.control_host, 0, name=f"worker-{args.index}")
 
     def stdin_readable() -> None:
@@ -83,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.WARNING, format=f"media-worker-{args.index} %(levelname)s %(message)s"
     )
+    # One line per call's codec mode ("passthrough PCMU" / "transcode opus<->PCMU").
+    logging.getLogger("gateway.ng").setLevel(logging.INFO)
     import uvloop
 
     with contextlib.suppress(KeyboardInterrupt):

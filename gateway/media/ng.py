@@ -43,8 +43,18 @@ Keys are matched case-insensitively with ``-``, ``_`` and space equivalent
 accepted and ignored), ``supports`` (``load limit``). Unknown keys and flags are ignored, as
 rtpengine ignores unknown flags. What the media layer cannot do is an error with a reason
 (``DTLS=off`` toward a browser: no SDES; ``ICE=remove`` toward a browser; ``ICE=force-relay``;
-``codec-transcode`` of a codec the offer lacks: the bridge relays payload only until the
-codec layer is wired in; WebRTC to WebRTC or plain to plain).
+``codec-transcode`` of a codec the offer lacks when no :class:`CodecPolicy` is set;
+WebRTC to WebRTC or plain to plain).
+
+Transcoding (with a :class:`CodecPolicy`, the config's ``[codecs]``): an offer is passed on
+with the offerer's codecs (passthrough candidates; the browser's minus ``strip``) plus the
+policy's codecs for the other side that the offerer lacks (``switch`` toward the switch,
+``browser`` toward the browser). The answer decides per call: the answerer chose a codec
+the offerer offered -> **passthrough** (payload types mapped); else -> **transcode**
+between the offerer's first codec that pairs with it and the answerer's choice, one
+:class:`~gateway.media.transcode.RtpTranscoder` per direction, telephone-event mapped
+(RFC 4733 at the browser codec's clock, 8000 toward the switch), and the answer relayed
+to the offerer names the offerer's codec. ``query`` reports ``mode`` and ``codec``.
 
 Exceptions::
 
@@ -60,9 +70,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.media.codecs import CodecError
 from gateway.media.ports import PortsExhausted
+from gateway.media.transcode import RtpTranscoder, make_transcoder, pairs
 from gateway.sdp.errors import SdpError
 from gateway.sdp.model import SessionDescription, parse
+from gateway.sdp.policy import apply as apply_policy
 from gateway.sdp.rewrite import (
     PLAIN_PROTOS,
     WEBRTC_PROTOS,
@@ -76,6 +89,7 @@ from gateway.sdp.rewrite import (
 __all__ = [
     "BValue",
     "BencodeError",
+    "CodecPolicy",
     "NgBackend",
     "NgCommands",
     "NgDrop",
@@ -110,6 +124,8 @@ MAX_CALLS = 100_000
 """Calls one :class:`NgCommands` holds before answering ``load limit`` / an error."""
 LIST_LIMIT = 32
 """Default ``limit`` of the ``list`` command (rtpengine's)."""
+DEFAULT_PTIME_MS = 20
+"""Packet duration used when an SDP has no usable a=ptime (RFC 3551 §4.5: 20 ms)."""
 NTP_OFFSET = 2_208_988_800
 """Seconds from 1900 (NTP era) to 1970: o= session ids are NTP times (RFC 8866 §5.2)."""
 
@@ -433,6 +449,7 @@ class NgSession(Protocol):
     def set_rtp_remote(self, *, address: str, port: int, rtcp_port: int | None) -> None: ...
     def set_payload_map(self, *, to_rtp: dict[int, int], to_webrtc: dict[int, int]) -> None: ...
     def set_direction(self, leg: str, direction: str) -> None: ...
+    def set_transcoder(self, pipeline: str, transcoder: RtpTranscoder | None) -> None: ...
 
 
 class NgBackend(Protocol):
@@ -597,15 +614,20 @@ def _is_audio(codec: Codec) -> bool:
     return codec.name.lower() not in ("telephone-event", "cn")
 
 
-def _apply_codecs(offered: list[Codec], opts: _Options) -> list[Codec]:
+def _apply_codecs(
+    offered: list[Codec], opts: _Options, *, transcoding: bool = False
+) -> list[Codec]:
     """The codecs to offer onward after strip/mask/except/offer/transcode.
 
-    Without a transcoding engine, ``mask`` acts as ``strip`` (a masked codec could only be
-    used by transcoding), and ``transcode`` of a codec the offer already has acts as
-    ``offer`` (rtpengine: "no transcoding will be done"); ``transcode`` of a new codec is
-    an error.
+    ``mask`` acts as ``strip`` (a masked codec could only be used by transcoding), and
+    ``transcode`` of a codec the offer already has acts as ``offer`` (rtpengine: "no
+    transcoding will be done"). ``transcode`` of a new codec is an error unless
+    ``transcoding`` (a :class:`CodecPolicy` is set) and the gateway can add it: the caller
+    adds those.
     """
     for spec in opts.transcode:
+        if transcoding and spec.split("/")[0].upper() in _ADDED_CODECS:
+            continue
         if not any(_matches(c, spec) for c in offered):
             raise _CommandError(
                 f"codec-transcode={spec}: transcoding is not available yet (the media workers "
@@ -640,6 +662,119 @@ def _pt_map(source: list[Codec], target: list[Codec]) -> dict[int, int]:
     return result
 
 
+# --------------------------------------------------------------------------- codec policy
+
+
+@dataclass(frozen=True)
+class CodecPolicy:
+    """When and how calls are transcoded (the config's ``[codecs]`` table).
+
+    ``switch``/``browser``: codecs added, in this order, to an offer toward that side when
+    the offerer lacks them (canonical names: ``PCMU``, ``PCMA``, ``G729``, ``opus``);
+    ``strip``: regular expressions (full, case-insensitive match of the encoding name)
+    removing codecs from the browser's offer before it goes to the switch;
+    ``opus_complexity``: libopus encoder complexity 0-10; ``transcode``: False offers only
+    the offerer's codecs (no shared codec: the answerer rejects the call).
+    """
+
+    switch: tuple[str, ...] = ("PCMU", "PCMA")
+    browser: tuple[str, ...] = ("opus", "PCMU", "PCMA")
+    strip: tuple[str, ...] = ()
+    opus_complexity: int = 5
+    transcode: bool = True
+
+
+#: SDP form of each codec the policy may add (RFC 3551 §6 static types; RFC 7587 §7 opus
+#: is always opus/48000/2; RFC 4856 §2.1.9 annexb=no: the encoder sends no SID frames).
+_ADDED_CODECS: dict[str, Codec] = {
+    "PCMU": Codec("PCMU", 8000, 1),
+    "PCMA": Codec("PCMA", 8000, 1),
+    "G729": Codec("G729", 8000, 1, fmtp="annexb=no"),
+    "OPUS": Codec("opus", 48000, 2, fmtp="minptime=10;useinbandfec=1"),
+}
+_PAIRS = frozenset((a.upper(), b.upper()) for a, b in pairs())
+_TE_8000 = Codec("telephone-event", 8000, 1, fmtp="0-16")
+
+
+def _can_pair(a: Codec, b: Codec) -> bool:
+    """``a`` can be transcoded to and from ``b`` (both directions are in :func:`pairs`)."""
+    x, y = a.name.upper(), b.name.upper()
+    if a.clock != _ADDED_CODECS.get(x, a).clock or b.clock != _ADDED_CODECS.get(y, b).clock:
+        return False
+    return (x, y) in _PAIRS and (y, x) in _PAIRS
+
+
+def _audio(codecs: Iterable[Codec]) -> list[Codec]:
+    return [c for c in codecs if _is_audio(c)]
+
+
+def _additions(offered: list[Codec], wanted: Iterable[str]) -> list[Codec]:
+    """The ``wanted`` codecs the offer lacks that one of its audio codecs pairs with."""
+    audio = _audio(offered)
+    result: list[Codec] = []
+    for name in wanted:
+        template = _ADDED_CODECS.get(name.upper())
+        if template is None or any(c.same_format(template) for c in audio + result):
+            continue
+        if any(_can_pair(c, template) for c in audio):
+            result.append(template)
+    return result
+
+
+def _with_additions(onward: list[Codec], added: list[Codec], events: bool) -> list[Codec]:
+    """Audio codecs, then the additions, then events (telephone-event/8000 added toward the
+    switch when the offerer has events at another rate only: PITFALLS 11)."""
+    audio = _audio(onward)
+    rest = [c for c in onward if not _is_audio(c)]
+    if events and rest and not any(c.is_telephone_event and c.clock == 8000 for c in rest):
+        rest.append(_TE_8000)
+    return audio + added + rest
+
+
+def _ptime(value: int | None, codec: Codec) -> int:
+    """The packet duration to use for ``codec``: the SDP's a=ptime when the codec can
+    packetise it (opus: 10/20/40/60 ms, RFC 7587 §4.2; G.729: multiples of 10 ms)."""
+    if value is None or value <= 0:
+        return DEFAULT_PTIME_MS
+    name = codec.name.upper()
+    if name == "OPUS" and value not in (10, 20, 40, 60):
+        return DEFAULT_PTIME_MS
+    if name == "G729" and (value % 10 or value > 120):
+        return DEFAULT_PTIME_MS
+    return value
+
+
+def _event(codecs: Iterable[Codec], clock: int) -> Codec | None:
+    return next((c for c in codecs if c.is_telephone_event and c.clock == clock), None)
+
+
+@dataclass(frozen=True)
+class _Mode:
+    """How a call's media is bridged: ``passthrough`` of ``webrtc`` (= ``rtp``) or
+    ``transcode`` between the browser's ``webrtc`` codec and the switch's ``rtp`` codec."""
+
+    mode: str
+    webrtc: Codec
+    rtp: Codec
+    webrtc_event: Codec | None = None
+    rtp_event: Codec | None = None
+    webrtc_ptime: int = DEFAULT_PTIME_MS
+    rtp_ptime: int = DEFAULT_PTIME_MS
+
+    @property
+    def label(self) -> str:
+        """``passthrough PCMU`` / ``transcode opus<->PCMU``."""
+        if self.mode == "passthrough":
+            return f"passthrough {self.webrtc.name}"
+        return f"transcode {self.webrtc.name}<->{self.rtp.name}"
+
+    @property
+    def codec(self) -> str:
+        if self.mode == "passthrough":
+            return self.webrtc.name
+        return f"{self.webrtc.name}<->{self.rtp.name}"
+
+
 # --------------------------------------------------------------------------- calls
 
 
@@ -661,6 +796,7 @@ class _Pending:
     params: MediaParams
     onward: list[Codec]  # codecs offered to the other side
     reply: dict[str, object]
+    added: list[Codec] = field(default_factory=list)  # transcoding candidates added
 
 
 @dataclass
@@ -676,6 +812,7 @@ class _Call:
     last_answer: tuple[str, dict[str, object]] | None = None
     answered: bool = False
     protocols: dict[str, str] = field(default_factory=dict)
+    mode: _Mode | None = None
 
 
 def _required(body: dict[str, object], key: str) -> str:
@@ -728,6 +865,9 @@ class NgCommands:
         max_calls: calls held at once; past it an offer gets ``load limit`` (when the
             client ``supports`` it) or an error.
         on_release: called with the call-id whenever a call ends (delete or timeout).
+        codecs: the transcoding policy; None relays payload only (no transcoding).
+        on_mode: called with the call-id and ``"passthrough PCMU"`` /
+            ``"transcode opus<->PCMU"`` when an answer sets or changes a call's mode.
     """
 
     def __init__(
@@ -736,10 +876,14 @@ class NgCommands:
         *,
         max_calls: int = MAX_CALLS,
         on_release: Callable[[str], None] | None = None,
+        codecs: CodecPolicy | None = None,
+        on_mode: Callable[[str, str], None] | None = None,
     ) -> None:
         self.backend = backend
         self.max_calls = max_calls
         self.on_release = on_release
+        self.codecs = codecs
+        self.on_mode = on_mode
         self._calls: dict[str, _Call] = {}
         self.started: float | None = None
         self.managed = 0
@@ -827,7 +971,10 @@ class NgCommands:
             )
         self._check_flags(opts, toward=target)
         params = MediaParams.from_webrtc(sdp) if side == WEBRTC else MediaParams.from_plain(sdp)
-        onward = _apply_codecs(params.codecs, opts)
+        onward = _apply_codecs(params.codecs, opts, transcoding=self.codecs is not None)
+        added: list[Codec] = []
+        if self.codecs is not None:
+            onward, added = self._policy_codecs(side, onward, opts)
         created = call is None
         if call is None:
             new = self._new_call(call_id, opts, now)
@@ -848,7 +995,7 @@ class NgCommands:
         reply: dict[str, object] = {"result": "ok", "sdp": out}
         if opts.warnings:
             reply["warning"] = "; ".join(opts.warnings)
-        call.pending = _Pending(side, from_tag, text, sdp, params, onward, reply)
+        call.pending = _Pending(side, from_tag, text, sdp, params, onward, reply, added)
         return reply
 
     def _offer_sdp(
@@ -942,10 +1089,17 @@ class NgCommands:
                 rtcp_port=params.port if mux else params.rtcp_port,
             )
             session.set_direction("rtp", params.direction)
-            session.set_payload_map(
-                to_rtp=_pt_map(pending.params.codecs, params.codecs),
-                to_webrtc=_pt_map(params.codecs, pending.params.codecs),
+            mode = self._mode(
+                browser=pending.params, switch=params, answered_by=PLAIN, offered=pending
             )
+            answer_codecs: list[Codec] | None = None
+            if mode is not None and mode.mode == "transcode":
+                answer_codecs = [mode.webrtc] + ([mode.rtp_event] if mode.rtp_event else [])
+            else:
+                session.set_payload_map(
+                    to_rtp=_pt_map(pending.params.codecs, params.codecs),
+                    to_webrtc=_pt_map(params.codecs, pending.params.codecs),
+                )
             algorithm, value = session.webrtc.fingerprint.split(" ", 1)
             out = self._versioned(
                 call,
@@ -958,11 +1112,13 @@ class NgCommands:
                     ice_pwd=session.webrtc.ice_pwd,
                     fingerprint=value,
                     setup=session.webrtc.dtls_role,
+                    codecs=answer_codecs,
                     session_id=sid,
                     version=v,
                     offer=pending.sdp,
                 ),
             )
+            self._apply_mode(call, mode)
         else:
             params = MediaParams.from_webrtc(sdp)
             # RFC 4145 §4.1 / RFC 8842 §5.3: an answer without a=setup means active.
@@ -973,10 +1129,15 @@ class NgCommands:
                 session.set_rtp_remote(
                     address=offered.address or "0.0.0.0", port=offered.port, rtcp_port=offered.port
                 )
-            session.set_payload_map(
-                to_rtp=_pt_map(params.codecs, offered.codecs),
-                to_webrtc=_pt_map(offered.codecs, params.codecs),
-            )
+            mode = self._mode(browser=params, switch=offered, answered_by=WEBRTC, offered=pending)
+            plain_codecs: list[Codec] | None = None
+            if mode is not None and mode.mode == "transcode":
+                plain_codecs = [mode.rtp] + ([mode.rtp_event] if mode.rtp_event else [])
+            else:
+                session.set_payload_map(
+                    to_rtp=_pt_map(params.codecs, offered.codecs),
+                    to_webrtc=_pt_map(offered.codecs, params.codecs),
+                )
             out = self._versioned(
                 call,
                 PLAIN,
@@ -984,11 +1145,13 @@ class NgCommands:
                     sdp,
                     address=self.backend.public_ip,
                     port=session.rtp.local_port,
+                    codecs=plain_codecs,
                     session_id=sid,
                     version=v,
                     rtcp_mux=bool(mux),
                 ),
             )
+            self._apply_mode(call, mode)
         call.tags[side] = to_tag
         call.tag_created.setdefault(side, now)
         call.protocols[side] = audio.proto
@@ -1039,7 +1202,11 @@ class NgCommands:
                     "sessionsown": current,
                     "sessionsforeign": 0,
                     "sessionstotal": current,
-                    "transcodedmedia": 0,
+                    "transcodedmedia": sum(
+                        1
+                        for c in self._calls.values()
+                        if c.mode is not None and c.mode.mode == "transcode"
+                    ),
                 },
                 "totalstatistics": {
                     "uptime": str(int(now - (self.started or now))),
@@ -1066,6 +1233,119 @@ class NgCommands:
     }
 
     # ---------------------------------------------------------------- helpers
+
+    def _policy_codecs(
+        self, side: str, onward: list[Codec], opts: _Options
+    ) -> tuple[list[Codec], list[Codec]]:
+        """The offer's onward codecs after the policy, and the transcoding candidates added."""
+        policy = self.codecs
+        assert policy is not None
+        if side == WEBRTC and policy.strip:
+            kept = apply_policy(onward, (), policy.strip)
+            if _audio(kept):
+                onward = kept
+            else:
+                opts.warnings.append("codecs.strip left no audio codec; offer left unchanged")
+        # codec-transcode=X asks for X whatever the policy says; the policy's list follows.
+        wanted = [
+            spec.split("/")[0]
+            for spec in opts.transcode
+            if not any(_matches(c, spec) for c in onward)
+        ]
+        if policy.transcode:
+            wanted += policy.switch if side == WEBRTC else policy.browser
+        added = _additions(onward, wanted)
+        if not added:
+            return onward, []
+        return _with_additions(onward, added, events=side == WEBRTC), added
+
+    def _mode(
+        self, *, browser: MediaParams, switch: MediaParams, answered_by: str, offered: _Pending
+    ) -> _Mode | None:
+        """Passthrough or transcode, from the answer's first audio codec (RFC 3264 §6.1:
+        the answerer's preferred codec is listed first). None: no audio codec in the answer
+        (the SDP rewrite reports the error)."""
+        answer = switch if answered_by == PLAIN else browser
+        offer = browser if answered_by == PLAIN else switch
+        chosen = next(iter(_audio(answer.codecs)), None)
+        if chosen is None:
+            return None
+        match = next((c for c in offer.codecs if c.same_format(chosen)), None)
+        if match is not None or self.codecs is None:
+            shared = match or chosen
+            return _Mode("passthrough", shared, shared)
+        if not any(chosen.same_format(c) for c in offered.added):
+            # The answerer picked a codec nobody offered (RFC 3264 §6.1 forbids it).
+            raise _CommandError(f"the answer's codec {chosen.name}/{chosen.clock} was not offered")
+        partner = next((c for c in _audio(offer.codecs) if _can_pair(c, chosen)), None)
+        if partner is None:
+            raise _CommandError(f"no offered codec can be transcoded to {chosen.name}")
+        web, rtp = (partner, chosen) if answered_by == PLAIN else (chosen, partner)
+        rtp_event = _event(switch.codecs, 8000)
+        web_event = _event(browser.codecs, web.clock)
+        if rtp_event is None or web_event is None:
+            rtp_event = web_event = None  # RFC 4733 events need both legs to carry them
+        return _Mode(
+            "transcode",
+            web,
+            rtp,
+            webrtc_event=web_event,
+            rtp_event=rtp_event,
+            webrtc_ptime=_ptime(browser.ptime, web),
+            rtp_ptime=_ptime(switch.ptime, rtp),
+        )
+
+    def _apply_mode(self, call: _Call, mode: _Mode | None) -> None:
+        """Plug in (or remove) the transcoders for ``mode`` and report a changed mode."""
+        if mode is None:
+            return
+        session = call.session
+        previous = call.mode
+        if mode.mode == "transcode" and mode != previous:
+            policy = self.codecs
+            assert policy is not None
+            w, r = mode.webrtc, mode.rtp
+            assert w.pt is not None and r.pt is not None
+            w_ev = mode.webrtc_event.pt if mode.webrtc_event else None
+            r_ev = mode.rtp_event.pt if mode.rtp_event else None
+            try:
+                to_rtp = make_transcoder(
+                    w.name,
+                    r.name,
+                    in_pt=w.pt,
+                    out_pt=r.pt,
+                    in_ptime_ms=mode.webrtc_ptime,
+                    out_ptime_ms=mode.rtp_ptime,
+                    dtmf_in_pt=w_ev,
+                    dtmf_out_pt=r_ev,
+                    opus_complexity=policy.opus_complexity,
+                )
+                to_webrtc = make_transcoder(
+                    r.name,
+                    w.name,
+                    in_pt=r.pt,
+                    out_pt=w.pt,
+                    in_ptime_ms=mode.rtp_ptime,
+                    out_ptime_ms=mode.webrtc_ptime,
+                    dtmf_in_pt=r_ev,
+                    dtmf_out_pt=w_ev,
+                    opus_complexity=policy.opus_complexity,
+                )
+            except (CodecError, ValueError) as exc:
+                raise _CommandError(f"cannot transcode {mode.codec}: {exc}") from None
+            # The transcoders emit the outgoing leg's own payload types: map them to themselves.
+            session.set_payload_map(
+                to_rtp={r.pt: r.pt, **({r_ev: r_ev} if r_ev is not None else {})},
+                to_webrtc={w.pt: w.pt, **({w_ev: w_ev} if w_ev is not None else {})},
+            )
+            session.set_transcoder("to_rtp", to_rtp)
+            session.set_transcoder("to_webrtc", to_webrtc)
+        elif mode.mode == "passthrough" and previous is not None and previous.mode == "transcode":
+            session.set_transcoder("to_rtp", None)
+            session.set_transcoder("to_webrtc", None)
+        call.mode = mode
+        if self.on_mode is not None and (previous is None or previous.label != mode.label):
+            self.on_mode(call.call_id, mode.label)
 
     @staticmethod
     def _profile(proto: str) -> str:
@@ -1227,6 +1507,9 @@ class NgCommands:
             "totals": {"RTP": rtp_total, "RTCP": rtcp_total},
             "legs": _plain_value(legs),
         }
+        if call.mode is not None:
+            reply["mode"] = call.mode.mode
+            reply["codec"] = call.mode.codec
         if raw.get("timed_out"):
             reply["timed out"] = str(raw["timed_out"])
         return reply

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -34,10 +36,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.config import MIN_MEDIA_PORTS, Config, parse_hostport
+from gateway.config import MIN_MEDIA_PORTS, CodecsConfig, Config, parse_hostport
+from gateway.media.codecs import available_codecs
 from gateway.media.ng import (
     LIST_LIMIT,
+    MAX_CALLS,
     BencodeError,
+    CodecPolicy,
     NgCommands,
     NgDrop,
     NgSession,
@@ -59,6 +64,9 @@ __all__ = [
     "MediaControlHandle",
     "NgServer",
     "WorkerPool",
+    "codec_policy",
+    "policy_from_json",
+    "policy_to_json",
     "serve_ng",
     "slice_ports",
     "start_media",
@@ -248,13 +256,72 @@ class EngineBackend:
             task.add_done_callback(self._tasks.discard)
 
 
+def codec_policy(config: CodecsConfig) -> CodecPolicy:
+    """The media layer's policy from ``[codecs]``: codecs whose library does not load on
+    this machine (G729 without libbcg729) are left out, with a warning."""
+    available = {name.upper(): reason for name, reason in available_codecs().items()}
+
+    def usable(names: tuple[str, ...], key: str) -> tuple[str, ...]:
+        kept = []
+        for name in names:
+            reason = available.get(name.upper())
+            if reason is None:
+                kept.append(name)
+            else:
+                log.warning("! codecs.%s: %s left out: %s", key, name, reason)
+        return tuple(kept)
+
+    return CodecPolicy(
+        switch=usable(config.switch, "switch"),
+        browser=usable(config.browser, "browser"),
+        strip=config.strip,
+        opus_complexity=config.opus_complexity,
+        transcode=config.transcode,
+    )
+
+
+def policy_to_json(policy: CodecPolicy) -> str:
+    """``policy`` as one JSON line (a media worker's ``--codecs`` argument)."""
+    return json.dumps(dataclasses.asdict(policy))
+
+
+def policy_from_json(text: str) -> CodecPolicy:
+    """The inverse of :func:`policy_to_json`.
+
+    Raises:
+        ValueError: not a policy.
+    """
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("codec policy must be a JSON object")
+    try:
+        return CodecPolicy(
+            switch=tuple(str(v) for v in data["switch"]),
+            browser=tuple(str(v) for v in data["browser"]),
+            strip=tuple(str(v) for v in data["strip"]),
+            opus_complexity=int(data["opus_complexity"]),
+            transcode=bool(data["transcode"]),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"bad codec policy: {exc}") from None
+
+
+def _log_mode(call_id: str, mode: str) -> None:
+    log.info("= media call %s: %s", call_id, mode)
+
+
 async def local_handler(
-    engine: MediaEngine, *, max_calls: int | None = None
+    engine: MediaEngine, *, max_calls: int | None = None, codecs: CodecPolicy | None = None
 ) -> tuple[NgCommands, EngineBackend, Handler]:
-    """NgCommands over ``engine`` and the async handler an :class:`NgServer` calls."""
+    """NgCommands over ``engine`` and the async handler an :class:`NgServer` calls.
+
+    ``codecs``: the transcoding policy (None: payload passthrough only)."""
     backend = EngineBackend(engine)
-    commands = (
-        NgCommands(backend) if max_calls is None else NgCommands(backend, max_calls=max_calls)
+    commands = NgCommands(
+        backend,
+        max_calls=MAX_CALLS if max_calls is None else max_calls,
+        codecs=codecs,
+        on_mode=_log_mode,
     )
     backend.commands = commands
 
@@ -309,8 +376,11 @@ class WorkerPool:
         bind_ip: str,
         port_range: tuple[int, int],
         timeout: float,
+        codecs: CodecPolicy | None = None,
     ) -> WorkerPool:
         """Start ``count`` workers and wait until each reports its NG port.
+
+        ``codecs`` is passed to every worker (None: payload passthrough only).
 
         Raises:
             ValueError: the port range is too small for ``count`` slices.
@@ -338,6 +408,7 @@ class WorkerPool:
                     f"{low}-{high}",
                     "--timeout",
                     str(timeout),
+                    *(("--codecs", policy_to_json(codecs)) if codecs is not None else ()),
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                     env=env,
@@ -531,6 +602,7 @@ async def start_media_control(
     port_range: tuple[int, int],
     timeout: float = 60.0,
     workers: int = 0,
+    codecs: CodecPolicy | None = None,
 ) -> MediaControlHandle:
     """Start the media layer and its NG socket on ``control``.
 
@@ -541,6 +613,7 @@ async def start_media_control(
         port_range: inclusive media port range (split between workers).
         timeout: seconds without RTP before a call is ended.
         workers: 0 in-process, N worker processes, -1 one per CPU core.
+        codecs: the transcoding policy (None: payload passthrough only).
 
     Raises:
         ValueError: the port range is too small for the workers.
@@ -553,7 +626,7 @@ async def start_media_control(
             public_ip=public_ip, bind_ip=bind_ip, port_range=port_range, timeout=timeout
         )
         await engine.start()
-        commands, _, handler = await local_handler(engine)
+        commands, _, handler = await local_handler(engine, codecs=codecs)
         try:
             server = await serve_ng(handler, *control, name="in-process")
         except BaseException:
@@ -562,7 +635,12 @@ async def start_media_control(
         log.info("= media in-process, NG control on %s:%d", *server.address)
         return MediaControlHandle(server, engine=engine, commands=commands)
     pool = await WorkerPool.start(
-        count, public_ip=public_ip, bind_ip=bind_ip, port_range=port_range, timeout=timeout
+        count,
+        public_ip=public_ip,
+        bind_ip=bind_ip,
+        port_range=port_range,
+        timeout=timeout,
+        codecs=codecs,
     )
     try:
         server = await serve_ng(pool.handle, *control, name="front")
@@ -584,4 +662,5 @@ async def start_media(config: Config) -> MediaControlHandle:
         port_range=media.ports,
         timeout=media.timeout,
         workers=media.workers,
+        codecs=codec_policy(config.codecs),
     )

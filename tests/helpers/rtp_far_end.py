@@ -1,4 +1,4 @@
-"""A scripted plain-RTP far end on the switch side: SIP over UDP plus G.711 RTP.
+"""A scripted plain-RTP far end on the switch side: SIP over UDP plus G.711/G.729 RTP.
 
 :class:`RtpFarEnd` listens for SIP on 127.0.0.3:<port> (Kamailio routes the user
 ``9<port>`` there and trusts that address: no proxy authentication). As a UAS it answers
@@ -8,7 +8,8 @@ RFC 3264 §6.1), BYE, and can send BYE itself. As a UAC (:meth:`RtpFarEnd.invite
 calls a user through Kamailio with its own offer, as sipp's uac_invite scenario does.
 
 Media (:class:`RtpStream`): an even RTP port (RTCP on the next one, counted only) that
-sends a tone in 20 ms PCMU/PCMA packets (RFC 3551 §4.5.14) with one SSRC and running
+sends a tone in 20 ms PCMU/PCMA packets (RFC 3551 §4.5.14), or G.729 (§4.5.6, through
+gateway/media/codecs/g729.py, when ``codecs`` names it) with one SSRC and running
 seq/timestamp, to the address in the peer's SDP and, once packets arrive, to their source
 (symmetric RTP, RFC 4961). Every RTP packet received is recorded and G.711 audio is
 decoded with gateway/media/codecs/g711.py's tables.
@@ -35,6 +36,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.media.codecs.g711 import ALAW_DECODE, ALAW_ENCODE, ULAW_DECODE, ULAW_ENCODE
+from gateway.media.codecs.g729 import G729Decoder, G729Encoder
 from gateway.sdp.model import SessionDescription
 from gateway.sdp.model import parse as parse_sdp
 from gateway.sip.headers import Headers, parse_name_addr, parse_name_addrs
@@ -58,9 +60,10 @@ REALM = "example.test"
 CODECS: dict[str, tuple[int, int]] = {
     "PCMU": (0, 8000),
     "PCMA": (8, 8000),
+    "G729": (18, 8000),
     "telephone-event": (101, 8000),
 }
-AUDIO_CODECS = ("PCMU", "PCMA")
+AUDIO_CODECS = ("PCMU", "PCMA", "G729")
 RTP_VERSION = 2
 RTP_HEADER = struct.Struct("!BBHII")
 PACKET_MS = 20
@@ -210,6 +213,17 @@ def g711_encode(name: str, pcm: npt.NDArray[np.int16]) -> bytes:
     return out
 
 
+def g729_decode(payloads: Iterable[bytes]) -> npt.NDArray[np.int16]:
+    """G.729 payloads (in order, one decoder: the codec is stateful) -> int16 PCM at 8 kHz,
+    via the gateway's bcg729 binding (gateway/media/codecs/g729.py)."""
+    decoder = G729Decoder()
+    try:
+        pcm = b"".join(decoder.decode(p) for p in payloads)
+    finally:
+        decoder.close()
+    return np.frombuffer(pcm, dtype="<i2").astype(np.int16)
+
+
 def g711_decode(name: str, payload: bytes) -> npt.NDArray[np.int16]:
     """PCMU/PCMA payload -> int16 PCM via the gateway's G.711 tables."""
     table = ULAW_DECODE if name == "PCMU" else ALAW_DECODE
@@ -269,6 +283,14 @@ class RtpStream:
         self._rtp: asyncio.DatagramTransport | None = None
         self._rtcp: asyncio.DatagramTransport | None = None
         self._sender: asyncio.Task[None] | None = None
+        self._g729: G729Encoder | None = None
+
+    def _encode(self, name: str, pcm: npt.NDArray[np.int16]) -> bytes:
+        if name != "G729":
+            return g711_encode(name, pcm)
+        if self._g729 is None:
+            self._g729 = G729Encoder()  # 20 ms: two 10-byte frames per packet
+        return self._g729.encode(pcm.astype("<i2").tobytes())
 
     async def open(self) -> None:
         """Bind an even RTP port and the RTCP port above it (RFC 3550 §11)."""
@@ -366,7 +388,7 @@ class RtpStream:
                     self.ssrc,
                 )
                 pcm = tone_pcm(self.tone_hz, n * SAMPLES_PER_PACKET, SAMPLES_PER_PACKET)
-                self._rtp.sendto(header + g711_encode(name, pcm), destination)
+                self._rtp.sendto(header + self._encode(name, pcm), destination)
                 self.packets_sent += 1
                 self.seq += 1
                 marker = False
@@ -390,6 +412,9 @@ class RtpStream:
             if transport is not None:
                 transport.close()
         self._rtp = self._rtcp = None
+        if self._g729 is not None:
+            self._g729.close()
+            self._g729 = None
 
     # -------------------------------------------------------------- what arrived
 
@@ -399,12 +424,16 @@ class RtpStream:
         return {p.payload_type for p in self.packets}
 
     def recent_audio(self, last_seconds: float = 1.0) -> npt.NDArray[np.int16]:
-        """Decoded G.711 audio of packets received in the last ``last_seconds``."""
+        """Decoded G.711/G.729 audio of packets received in the last ``last_seconds``."""
         cutoff = time.monotonic() - last_seconds
+        recent = [p for p in self.packets if p.time >= cutoff]
+        g729 = [p.payload for p in recent if self.receive_map.get(p.payload_type) == "G729"]
+        if g729:
+            return g729_decode(g729)
         chunks = [
             g711_decode(self.receive_map[p.payload_type], p.payload)
             for p in self.packets
-            if p.time >= cutoff and self.receive_map.get(p.payload_type) in AUDIO_CODECS
+            if p.time >= cutoff and self.receive_map.get(p.payload_type) in ("PCMU", "PCMA")
         ]
         return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.config import (
+    CodecsConfig,
     Config,
     ConfigError,
     GeneralConfig,
@@ -57,6 +58,7 @@ TABLES: dict[str, type[Any]] = {
     "security": SecurityConfig,
     "websocket": WebSocketConfig,
     "media": MediaConfig,
+    "codecs": CodecsConfig,
     "metrics": MetricsConfig,
     "log": LogConfig,
     "general": GeneralConfig,
@@ -137,6 +139,11 @@ def test_minimal_config_takes_every_default() -> None:
     assert config.media.control == "127.0.0.1:22222"
     assert config.media.control_allow_remote is False
     assert (config.media.workers, config.media.timeout) == (-1, 60.0)
+    assert config.codecs == CodecsConfig()
+    assert config.codecs.switch == ("PCMU", "PCMA", "G729")
+    assert config.codecs.browser == ("opus", "PCMU", "PCMA")
+    assert config.codecs.strip == ()
+    assert (config.codecs.opus_complexity, config.codecs.transcode) == (5, True)
 
 
 def test_config_is_frozen_and_keyword_only() -> None:
@@ -620,7 +627,7 @@ def test_every_problem_is_reported_at_once() -> None:
         (
             {"database": {"url": "x"}},
             "database: unknown table; expected one of [listen], [tls], [upstream], [sip], "
-            "[security], [websocket], [media], [metrics], [log], [general]",
+            "[security], [websocket], [media], [codecs], [metrics], [log], [general]",
         ),
         (
             {"listen": {"wsss": "0.0.0.0:8443"}},
@@ -1072,7 +1079,7 @@ def test_cli_check_config_on_a_broken_file(tmp_path: Path) -> None:
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
         "webrtc-sip-gateway: config error: extra: unknown table; expected one of [listen], "
-        "[tls], [upstream], [sip], [security], [websocket], [media], [metrics], [log], [general]",
+        "[tls], [upstream], [sip], [security], [websocket], [media], [codecs], [metrics], [log], [general]",
         "webrtc-sip-gateway: config error: upstream.mode: 'pth' is not a mode; expected path "
         "or contact-rewrite",
     ]
@@ -1149,4 +1156,80 @@ def test_media_env_overrides() -> None:
     assert error_of(MINIMAL, {"GATEWAY_MEDIA_ENABLED": "true"}) == (
         "media.public_ip: '' is empty but media.enabled is true; set the IP address browsers "
         "and the switch send media to, e.g. '203.0.113.10'"
+    )
+
+
+# --------------------------------------------------------------------------- [codecs]
+
+
+def test_codecs_table_is_read_and_names_are_canonical() -> None:
+    codecs = config_from_dict(
+        minimal(
+            codecs={
+                "switch": ["g729", "pcma"],
+                "browser": ["OPUS"],
+                "strip": ["G722", "isac|red"],
+                "opus_complexity": 10,
+                "transcode": False,
+            }
+        ),
+        {},
+    ).codecs
+    assert codecs == CodecsConfig(
+        switch=("G729", "PCMA"),
+        browser=("opus",),
+        strip=("G722", "isac|red"),
+        opus_complexity=10,
+        transcode=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("codecs", "message"),
+    [
+        (
+            {"switch": ["PCMU", "opus"]},
+            "codecs.switch: 'opus' is not a codec the gateway can offer here; expected PCMU, "
+            "PCMA or G729",
+        ),
+        (
+            {"browser": ["opus", "G729"]},
+            "codecs.browser: 'G729' is not a codec the gateway can offer here; expected opus, "
+            "PCMU or PCMA",
+        ),
+        ({"switch": ["PCMU", "pcmu"]}, "codecs.switch: 'pcmu' is listed twice; list each codec once"),
+        ({"switch": []}, "codecs.switch: [] is empty; list at least one codec, e.g. ['PCMU', 'PCMA']"),
+        ({"switch": "PCMU"}, "codecs.switch: 'PCMU' is a string; expected a list of strings, e.g. "
+         '["https://phone.example.com"]'),
+        (
+            {"strip": ["G72("]},
+            "codecs.strip: 'G72(' is not a regular expression (missing ), unterminated subpattern "
+            "at position 3); expected e.g. 'G722' or 'PCM.'",
+        ),
+        (
+            {"strip": ["G722", "OP.*"]},
+            "codecs.strip: 'OP.*' would strip opus from the browser's offer; opus cannot be "
+            "stripped (it is what the gateway transcodes from); narrow the pattern",
+        ),
+        (
+            {"opus_complexity": 11},
+            "codecs.opus_complexity: 11 is out of range; expected 0 to 10 (libopus complexity)",
+        ),
+        ({"transcode": "no"}, "codecs.transcode: 'no' is a string; expected true or false"),
+        ({"trancode": True}, "codecs.trancode: unknown key; did you mean codecs.transcode?"),
+    ],
+)  # fmt: skip
+def test_codecs_errors(codecs: dict[str, Any], message: str) -> None:
+    assert error_of(minimal(codecs=codecs)) == message
+
+
+def test_codecs_env_overrides() -> None:
+    env = {"GATEWAY_CODECS_STRIP": "G722, CN", "GATEWAY_CODECS_TRANSCODE": "false",
+           "GATEWAY_CODECS_SWITCH": "PCMA"}  # fmt: skip
+    codecs = config_from_dict(MINIMAL, env).codecs
+    assert (codecs.strip, codecs.transcode, codecs.switch) == (("G722", "CN"), False, ("PCMA",))
+    assert error_of(MINIMAL, {"GATEWAY_CODECS_STRIP": "opus"}) == (
+        "codecs.strip (from GATEWAY_CODECS_STRIP): 'opus' would strip opus from the browser's "
+        "offer; opus cannot be stripped (it is what the gateway transcodes from); narrow the "
+        "pattern"
     )

@@ -17,6 +17,7 @@ from gateway.media.ng import (
     MAX_DEPTH,
     MAX_ITEMS,
     BencodeError,
+    CodecPolicy,
     NgCommands,
     NgDrop,
     NgSession,
@@ -27,6 +28,7 @@ from gateway.media.ng import (
     parse_message,
 )
 from gateway.media.ports import PortsExhausted
+from gateway.media.transcode import RtpTranscoder
 from gateway.sdp.model import parse
 from gateway.sdp.rewrite import codecs_of
 
@@ -264,6 +266,13 @@ class FakeSession:
 
     def set_direction(self, leg: str, direction: str) -> None:
         self.calls.append(("direction", {"leg": leg, "direction": direction}))
+
+    def set_transcoder(self, pipeline: str, transcoder: RtpTranscoder | None) -> None:
+        self.calls.append(("transcoder", {"pipeline": pipeline, "transcoder": transcoder}))
+
+    def transcoders(self) -> dict[str, RtpTranscoder | None]:
+        """The transcoder each pipeline holds now (absent: never set)."""
+        return {kw["pipeline"]: kw["transcoder"] for n, kw in self.calls if n == "transcoder"}
 
     def last(self, name: str) -> dict[str, Any]:
         return [kw for n, kw in self.calls if n == name][-1]
@@ -644,3 +653,190 @@ def test_unusable_fingerprint_frees_the_new_session(backend: FakeBackend) -> Non
         "Unusable media parameters: unsupported fingerprint algorithm 'sha-1'"
     )
     assert backend.sessions() == 0 and ng.call_ids() == []
+
+
+# --------------------------------------------------------------------------- transcoding
+
+CHROME_M_LINE = "m=audio 50931 UDP/TLS/RTP/SAVPF 111 63 9 0 8 13 110 126"
+SWITCH_M_LINE = "m=audio 30000 RTP/AVP 18 0 8 101"
+POLICY = CodecPolicy(switch=("PCMU", "PCMA", "G729"), browser=("opus", "PCMU", "PCMA"))
+
+
+def chrome_offer_with(formats: str) -> str:
+    """Chrome's offer with only ``formats`` on its m-line (the other rtpmaps stay, unused)."""
+    return text("chrome_offer.sdp").replace(
+        CHROME_M_LINE, "m=audio 50931 UDP/TLS/RTP/SAVPF " + formats
+    )
+
+
+def switch_offer(ng: NgCommands, formats: str, call_id: str = "s1") -> dict[str, object]:
+    sdp = text("kamailio_plain_offer.sdp").replace(
+        SWITCH_M_LINE, "m=audio 30000 RTP/AVP " + formats
+    )
+    return ng.handle(
+        {"command": "offer", "call-id": call_id, "from-tag": "sw", "sdp": sdp,
+         "transport-protocol": "UDP/TLS/RTP/SAVPF", "ICE": "force"},
+        5.0,
+    )  # fmt: skip
+
+
+def browser_answer(ng: NgCommands, call_id: str = "s1") -> dict[str, object]:
+    return ng.handle(
+        {"command": "answer", "call-id": call_id, "from-tag": "sw", "to-tag": "br",
+         "sdp": text("chrome_answer.sdp")},
+        6.0,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def modes() -> list[tuple[str, str]]:
+    return []
+
+
+@pytest.fixture
+def tng(backend: FakeBackend, modes: list[tuple[str, str]]) -> NgCommands:
+    return NgCommands(backend, codecs=POLICY, on_mode=lambda c, m: modes.append((c, m)))
+
+
+def names(sdp: object) -> list[tuple[str, int, int | None]]:
+    return [(c.name, c.clock, c.pt) for c in codecs_of(parse(str(sdp)).media[0])]
+
+
+def test_opus_only_browser_offer_gains_the_switch_codecs(tng: NgCommands) -> None:
+    reply = browser_offer(tng, sdp=chrome_offer_with("111 110"))
+    assert reply["result"] == "ok", reply
+    # opus kept for passthrough, G.711 and G.729 added in policy order, te/8000 toward the
+    # switch (the browser offered te/48000 only: PITFALLS 11).
+    assert [(n, c) for n, c, _ in names(reply["sdp"])] == [
+        ("opus", 48000), ("PCMU", 8000), ("PCMA", 8000), ("G729", 8000),
+        ("telephone-event", 8000),
+    ]  # fmt: skip
+    pts = {n: pt for n, _, pt in names(reply["sdp"])}
+    assert (pts["PCMU"], pts["PCMA"], pts["G729"]) == (0, 8, 18)  # RFC 3551 static types
+    assert "a=fmtp:18 annexb=no" in str(reply["sdp"])
+
+
+def test_switch_answering_pcmu_to_opus_only_browser_transcodes(
+    tng: NgCommands, backend: FakeBackend, modes: list[tuple[str, str]]
+) -> None:
+    browser_offer(tng, sdp=chrome_offer_with("111 110 126"))
+    reply = switch_answer(tng)  # PCMU 0 + te/8000 101, ptime 20
+    assert reply["result"] == "ok", reply
+    # The browser is answered with its own codec and te at opus's clock.
+    assert names(reply["sdp"]) == [("opus", 48000, 111), ("telephone-event", 48000, 110)]
+    s = session(backend)
+    pipes = s.transcoders()
+    to_rtp, to_webrtc = pipes["to_rtp"], pipes["to_webrtc"]
+    assert isinstance(to_rtp, RtpTranscoder) and isinstance(to_webrtc, RtpTranscoder)
+    assert (to_rtp.in_codec, to_rtp.in_pt, to_rtp.out_codec, to_rtp.out_pt) == (
+        "opus",
+        111,
+        "PCMU",
+        0,
+    )
+    assert (to_rtp.dtmf_in_pt, to_rtp.dtmf_out_pt) == (110, 101)
+    assert (to_webrtc.in_codec, to_webrtc.out_codec, to_webrtc.out_pt) == ("PCMU", "opus", 111)
+    assert (to_webrtc.dtmf_in_pt, to_webrtc.dtmf_out_pt) == (101, 110)
+    # The transcoders write each leg's own payload types; the rewriters keep them.
+    assert s.last("payload_map") == {"to_rtp": {0: 0, 101: 101}, "to_webrtc": {111: 111, 110: 110}}
+    query = tng.handle({"command": "query", "call-id": "c1"}, 1002.0)
+    assert (query["mode"], query["codec"]) == ("transcode", "opus<->PCMU")
+    assert modes == [("c1", "transcode opus<->PCMU")]
+    stats = tng.handle({"command": "statistics"}, 1003.0)["statistics"]
+    assert stats["currentstatistics"]["transcodedmedia"] == 1  # type: ignore[index]
+
+
+def test_shared_codec_stays_passthrough(
+    tng: NgCommands, backend: FakeBackend, modes: list[tuple[str, str]]
+) -> None:
+    browser_offer(tng, sdp=chrome_offer_with("111 0 126"))
+    reply = switch_answer(tng)
+    assert names(reply["sdp"]) == [("PCMU", 8000, 0), ("telephone-event", 8000, 126)]
+    s = session(backend)
+    assert s.transcoders() == {}
+    assert s.last("payload_map") == {"to_rtp": {0: 0, 126: 101}, "to_webrtc": {0: 0, 101: 126}}
+    query = tng.handle({"command": "query", "call-id": "c1"}, 1002.0)
+    assert (query["mode"], query["codec"]) == ("passthrough", "PCMU")
+    assert modes == [("c1", "passthrough PCMU")]
+
+
+def test_g729_answer_and_pcma_answer(tng: NgCommands, backend: FakeBackend) -> None:
+    browser_offer(tng, sdp=chrome_offer_with("111"))
+    g729 = (
+        text("kamailio_plain_answer.sdp")
+        .replace("RTP/AVP 0 101", "RTP/AVP 18")
+        .replace("a=rtpmap:0 PCMU/8000", "a=rtpmap:18 G729/8000")
+    )
+    assert switch_answer(tng, sdp=g729)["result"] == "ok"
+    to_rtp = session(backend).transcoders()["to_rtp"]
+    assert to_rtp is not None and (to_rtp.out_codec, to_rtp.out_pt) == ("G729", 18)
+    assert to_rtp.dtmf_out_pt is None  # no telephone-event on either side
+    browser_offer(tng, sdp=chrome_offer_with("111"), call_id="c2")
+    reply = switch_answer(tng, sdp=text("kamailio_plain_answer_av.sdp"), call_id="c2")
+    assert names(reply["sdp"]) == [("opus", 48000, 111)]
+    query = tng.handle({"command": "query", "call-id": "c2"}, 1002.0)
+    assert query["codec"] == "opus<->PCMA"
+
+
+def test_switch_offer_gains_opus_and_opus_answer_transcodes(
+    tng: NgCommands, backend: FakeBackend
+) -> None:
+    reply = switch_offer(tng, "0 101")
+    assert [(n, c) for n, c, _ in names(reply["sdp"])] == [
+        ("PCMU", 8000), ("opus", 48000), ("PCMA", 8000), ("telephone-event", 8000),
+        ("telephone-event", 48000),
+    ]  # fmt: skip
+    # Chromium answers opus 111 first: the switch is answered with its own PCMU.
+    reply = browser_answer(tng)
+    assert reply["result"] == "ok", reply
+    assert names(reply["sdp"]) == [("PCMU", 8000, 0), ("telephone-event", 8000, 101)]
+    to_webrtc = session(backend, "s1").transcoders()["to_webrtc"]
+    assert to_webrtc is not None
+    assert (to_webrtc.in_codec, to_webrtc.out_codec, to_webrtc.out_pt) == ("PCMU", "opus", 111)
+    assert (to_webrtc.dtmf_in_pt, to_webrtc.dtmf_out_pt) == (101, 96)
+    assert tng.handle({"command": "query", "call-id": "s1"}, 7.0)["codec"] == "opus<->PCMU"
+
+
+def test_switch_offer_with_g729_first_transcodes_to_g729(tng: NgCommands) -> None:
+    switch_offer(tng, "18 0 8 101")
+    assert browser_answer(tng)["result"] == "ok"
+    assert tng.handle({"command": "query", "call-id": "s1"}, 7.0)["codec"] == "opus<->G729"
+
+
+def test_policy_strip_transcode_off_and_codec_transcode_flag(backend: FakeBackend) -> None:
+    strip = NgCommands(backend, codecs=CodecPolicy(strip=("G722", "red", "CN")))
+    reply = browser_offer(strip)
+    assert [n for n, _, _ in names(reply["sdp"])] == ["opus", "PCMU", "PCMA", "telephone-event"]
+    off = NgCommands(backend, codecs=CodecPolicy(transcode=False))
+    reply = browser_offer(off, sdp=chrome_offer_with("111 126"), call_id="c2")
+    assert [n for n, _, _ in names(reply["sdp"])] == ["opus", "telephone-event"]
+    # No shared codec: an answer naming a codec that was never offered is refused.
+    assert switch_answer(off, call_id="c2") == error_reply(
+        "the answer's codec PCMU/8000 was not offered"
+    )
+    # codec-transcode=G729 adds G.729 (and only it, transcode being off in the policy).
+    reply = browser_offer(
+        off, sdp=chrome_offer_with("111 126"), call_id="c3", codec={"transcode": ["G729"]}
+    )
+    assert [n for n, _, _ in names(reply["sdp"])] == ["opus", "G729", "telephone-event"]
+
+
+def test_reanswer_keeps_the_transcoders_and_back_to_passthrough_removes_them(
+    tng: NgCommands, backend: FakeBackend, modes: list[tuple[str, str]]
+) -> None:
+    browser_offer(tng, sdp=chrome_offer_with("111 0 126"))
+    answer = text("kamailio_plain_answer.sdp")
+    pcma = answer.replace("RTP/AVP 0 101", "RTP/AVP 8 101").replace("0 PCMU/8000", "8 PCMA/8000")
+    switch_answer(tng, sdp=pcma)
+    s = session(backend)
+    first = s.transcoders()["to_rtp"]
+    assert first is not None and first.out_codec == "PCMA" and first.in_codec == "opus"
+    # A re-INVITE answered the same way keeps the running transcoders (no new SSRC).
+    browser_offer(tng, sdp=chrome_offer_with("111 0 126") + "a=x-reoffer\r\n")
+    switch_answer(tng, sdp=pcma)
+    assert s.transcoders()["to_rtp"] is first
+    # Then the switch picks the browser's PCMU: passthrough, transcoders removed.
+    browser_offer(tng, sdp=chrome_offer_with("111 0 126") + "a=x-again\r\n")
+    switch_answer(tng, sdp=answer.replace("10000", "10002"))
+    assert s.transcoders() == {"to_rtp": None, "to_webrtc": None}
+    assert modes == [("c1", "transcode opus<->PCMA"), ("c1", "passthrough PCMU")]

@@ -1,0 +1,264 @@
+"""Calls the gateway transcodes (or not), through the real chain.
+
+As in tests/integration/test_media_calls.py: aiortc (tests/helpers/webrtc_ua.py) plays the
+browser over WebSocket with ICE + DTLS-SRTP, Kamailio is the switch, and the far end
+(tests/helpers/rtp_far_end.py) speaks plain RTP on 127.0.0.3. Here the two ends share no
+codec: the browser offers only Opus and the far end only G.711 or G.729, so the gateway
+must add the switch codecs to the offer ([codecs] switch) and transcode each direction.
+Audio is judged by content: each side sends its own tone and must hear the other's, and
+the far end must receive its own codec's payload type. A browser that does share a codec
+with the far end stays in passthrough. The mode is read back with the NG ``query``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.media.codecs import available_codecs
+from gateway.sdp.model import parse as parse_sdp
+from gateway.sdp.rewrite import codecs_of
+from gateway.transport.ng_client import NgClient
+from tests.helpers.gateway import GATEWAY_IP, GatewayProcess, free_port
+from tests.helpers.kamailio import SIPP_IP, Kamailio
+from tests.helpers.kamailio import free_port as free_port_on
+from tests.helpers.rtp_far_end import RtpFarEnd
+from tests.helpers.webrtc_ua import WebRtcUa, use_loopback_ice
+
+pytestmark = pytest.mark.integration
+
+REALM = "example.test"
+UA_TONE = 1000.0
+FAR_TONE = 600.0
+#: Opus and G.729 are lossy: the tone's peak may move by an FFT bin or two.
+TOLERANCE = 25.0
+#: Static payload types (RFC 3551 §6).
+PT = {"PCMU": 0, "PCMA": 8, "G729": 18}
+NG_POLL_S = 0.1
+NG_POLLS = 30
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_loopback_ice(monkeypatch)
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(
+    kamailio: Kamailio, tmp_path: Path, request: pytest.FixtureRequest, workers: int
+) -> AsyncIterator[GatewayProcess]:
+    low = 20000 + (free_port() % 200) * 100
+    control = free_port()
+    gw = GatewayProcess(
+        tmp_path,
+        upstream=kamailio.uri("udp"),
+        extra={
+            "media": {
+                "enabled": True,
+                "public_ip": GATEWAY_IP,
+                "bind_ip": GATEWAY_IP,
+                "port_range": f"{low}-{low + 99}",
+                "control": f"{GATEWAY_IP}:{control}",
+                "workers": workers,
+                "timeout": 30.0,
+            },
+            "codecs": {"switch": ["PCMU", "PCMA", "G729"], "opus_complexity": 5},
+        },
+    )
+    gw.control = (GATEWAY_IP, control)  # type: ignore[attr-defined]
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        code = await gw.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print("---- gateway log (tail) ----\n" + gw.log_text()[-30000:])
+        assert code == 0, f"gateway exit code {code}\n{gw.log_text()[-5000:]}"
+
+
+@pytest.fixture
+async def gateway(
+    kamailio: Kamailio, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[GatewayProcess]:
+    async with running_gateway(kamailio, tmp_path, request, workers=0) as gw:
+        yield gw
+
+
+async def ng_request(gw: GatewayProcess, body: dict[str, object]) -> dict[str, object]:
+    client = await NgClient.connect(*gw.control)  # type: ignore[attr-defined]
+    try:
+        return await client.request(body)
+    finally:
+        await client.close()
+
+
+async def call_mode(gw: GatewayProcess) -> tuple[str, str]:
+    """(mode, codec) of the one call the media layer holds, from NG list + query."""
+    listed = await ng_request(gw, {"command": "list"})
+    calls = listed.get("calls")
+    assert isinstance(calls, list) and len(calls) == 1, listed
+    reply = await ng_request(gw, {"command": "query", "call-id": calls[0]})
+    assert reply.get("result") == "ok", reply
+    return str(reply.get("mode")), str(reply.get("codec"))
+
+
+@contextlib.asynccontextmanager
+async def registered(
+    gw: GatewayProcess, user: str, password: str, codecs: list[str]
+) -> AsyncIterator[WebRtcUa]:
+    ua = WebRtcUa(gw.ws_url, user, password, tone_hz=UA_TONE, codecs=codecs)
+    try:
+        response = await ua.register()
+        assert response.status == 200
+        yield ua
+    finally:
+        await ua.close()
+
+
+async def hear(get_freq, expected: float, timeout: float = 8.0) -> float:  # type: ignore[no-untyped-def]
+    """Wait until the dominant frequency heard is the expected tone."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    freq = 0.0
+    while loop.time() < deadline:
+        freq = get_freq() or 0.0
+        if abs(freq - expected) <= TOLERANCE:
+            return freq
+        await asyncio.sleep(0.25)
+    return freq
+
+
+async def no_sessions_left(gw: GatewayProcess) -> bool:
+    for _ in range(NG_POLLS):
+        reply = await ng_request(gw, {"command": "statistics"})
+        media = reply.get("media")
+        assert isinstance(media, dict), reply
+        if int(media["sessions"]) == 0:
+            return True
+        await asyncio.sleep(NG_POLL_S)
+    return False
+
+
+async def outbound_transcoded_call(gw: GatewayProcess, codec: str) -> None:
+    """Opus-only browser -> far end speaking only ``codec``: audio both ways, transcoded."""
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE, codecs=(codec, "telephone-event"))
+    await far.start()
+    try:
+        async with registered(gw, "alice", "alicepw", ["opus"]) as ua:
+            call = await ua.call(f"sip:9{far.port}@{REALM}")
+            assert call.status == 200, (call.status, call.sdp_error, gw.log_text()[-3000:])
+            assert call.sdp_error is None, call.sdp_error
+            # The switch was offered the browser's opus plus the [codecs] switch list.
+            offer = parse_sdp(far.received("INVITE")[0].body.decode())
+            offered = [c.name for c in codecs_of(offer.media[0])]
+            assert offered[0] == "opus" and codec in offered, offered
+            # The browser's answer names its own codec.
+            answer = parse_sdp(call.remote_sdp or "")
+            assert [c.name for c in codecs_of(answer.media[0])][0] == "opus"
+            assert await hear(far.dominant_frequency, UA_TONE) == pytest.approx(
+                UA_TONE, abs=TOLERANCE
+            )
+            assert await hear(ua.dominant_frequency, FAR_TONE) == pytest.approx(
+                FAR_TONE, abs=TOLERANCE
+            )
+            assert far.payload_types_seen == {PT[codec]}
+            assert (ua.negotiated_codec() or "").lower() == "opus"
+            assert await call_mode(gw) == ("transcode", f"opus<->{codec}")
+            await ua.hangup()
+            assert await far.wait_ended() == "remote BYE"
+        assert await no_sessions_left(gw)
+    finally:
+        await far.close()
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
+async def test_opus_only_browser_to_g711_far_end_is_transcoded(
+    gateway: GatewayProcess, codec: str
+) -> None:
+    await outbound_transcoded_call(gateway, codec)
+    assert f"transcode opus<->{codec}" in gateway.log_text()
+
+
+@pytest.mark.skipif(
+    available_codecs()["G729"] is not None, reason="libbcg729 is not installed on this machine"
+)
+async def test_opus_only_browser_to_g729_far_end_is_transcoded(gateway: GatewayProcess) -> None:
+    await outbound_transcoded_call(gateway, "G729")
+
+
+async def test_transcoded_call_in_worker_processes(
+    kamailio: Kamailio, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The [codecs] policy reaches the media workers (passed on their command line)."""
+    async with running_gateway(kamailio, tmp_path, request, workers=2) as gw:
+        await outbound_transcoded_call(gw, "PCMU")
+
+
+async def test_shared_codec_stays_passthrough(gateway: GatewayProcess) -> None:
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE, codecs=("PCMU", "telephone-event"))
+    await far.start()
+    try:
+        async with registered(gateway, "alice", "alicepw", ["opus", "PCMU"]) as ua:
+            call = await ua.call(f"sip:9{far.port}@{REALM}")
+            assert call.status == 200 and call.sdp_error is None, call.sdp_error
+            assert await hear(far.dominant_frequency, UA_TONE) == pytest.approx(
+                UA_TONE, abs=TOLERANCE
+            )
+            assert await hear(ua.dominant_frequency, FAR_TONE) == pytest.approx(
+                FAR_TONE, abs=TOLERANCE
+            )
+            assert far.payload_types_seen == {0}
+            assert (ua.negotiated_codec() or "").lower() == "pcmu"
+            assert await call_mode(gateway) == ("passthrough", "PCMU")
+            await ua.hangup()
+            assert await far.wait_ended() == "remote BYE"
+        assert "passthrough PCMU" in gateway.log_text()
+    finally:
+        await far.close()
+
+
+@pytest.mark.skipif(
+    available_codecs()["G729"] is not None, reason="libbcg729 is not installed on this machine"
+)
+async def test_switch_offer_g729_only_browser_answers_opus(
+    kamailio: Kamailio, gateway: GatewayProcess
+) -> None:
+    """The other direction: the switch offers only G.729, the browser answers opus.
+
+    (aiortc answers in the offer's codec order whatever its preferences, so a G.711 offer
+    would be answered with G.711: G.729, which aiortc lacks, makes it pick opus.)"""
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE, codecs=("G729", "telephone-event"))
+    await far.start()
+    try:
+        async with registered(gateway, "bob", "bobpw", ["opus"]) as ua:
+            invite = asyncio.ensure_future(far.invite("bob", (kamailio.ip, kamailio.udp_port)))
+            incoming = await ua.wait_incoming()
+            assert incoming.invite is not None
+            # The browser is offered the [codecs] browser list beside the switch's G729.
+            offered = [c.name for c in codecs_of(parse_sdp(incoming.invite.body.decode()).media[0])]
+            assert offered[:4] == ["G729", "opus", "PCMU", "PCMA"], offered
+            answer = await ua.answer(codecs=["opus"])
+            assert answer.status == 200
+            final = await asyncio.wait_for(invite, 10)
+            assert final.status == 200
+            # The switch is answered with its own codec.
+            plain = parse_sdp(final.body.decode())
+            assert [c.name for c in codecs_of(plain.media[0])][0] == "G729"
+            assert await hear(far.dominant_frequency, UA_TONE) == pytest.approx(
+                UA_TONE, abs=TOLERANCE
+            )
+            assert await hear(ua.dominant_frequency, FAR_TONE) == pytest.approx(
+                FAR_TONE, abs=TOLERANCE
+            )
+            assert far.payload_types_seen == {PT["G729"]}
+            assert (ua.negotiated_codec() or "").lower() == "opus"
+            assert await call_mode(gateway) == ("transcode", "opus<->G729")
+            assert (await far.send_bye()).status == 200
+            assert await ua.wait_ended() == "remote BYE"
+    finally:
+        await far.close()
