@@ -12,8 +12,9 @@ Audio is judged by content: the far end must decode the browser's 1 kHz tone fro
 it receives, and the browser's getStats must show packets arriving with an audio level well
 above silence (the far end's tone).
 
-Not covered yet: an Opus-only browser calling a G.711-only far end (transcoding is being
-built separately); every call here is a G.711 passthrough call.
+Codecs: the calls to a G.711 far end are passthrough (PCMU both legs), except the
+Opus-only browser (the page's ConnexCS-style codecDelete strips everything but Opus), whose
+call to a PCMU-only far end the gateway transcodes.
 """
 
 from __future__ import annotations
@@ -489,3 +490,34 @@ async def test_failover_to_the_second_gateway(
     assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(BROWSER_TONE_HZ, abs=TOLERANCE_HZ)
     assert await browser_receives_tone(phone) > LEVEL_THRESHOLD
     await hang_up_from_browser(phone, far)
+
+
+async def test_opus_only_browser_to_g711_only_far_end_is_transcoded(
+    gateway: GatewayProcess, phone: BrowserPhone, clean_bindings: None
+) -> None:
+    """The browser offers only Opus; the far end takes only PCMU: the gateway transcodes."""
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event"))
+    await far.start()
+    try:
+        registered = await register(
+            phone, gateway.ws_url, "alice", codecDelete=["(?!opus|telephone-event).*"]
+        )
+        assert registered["event"] == "onRegistered", registered
+        await call_far_end(phone, far)
+        assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
+            BROWSER_TONE_HZ, abs=TOLERANCE_HZ
+        )
+        assert far.payload_types_seen == {0}  # PCMU on the switch leg
+        assert await browser_receives_tone(phone) > LEVEL_THRESHOLD
+        stats = await phone.get_stats()
+        assert stats["codec"]["mimeType"].lower() == "audio/opus", stats  # Opus on the browser leg
+        # what the browser offered really was Opus only (the first INVITE in the gateway's
+        # SIP trace is the browser's, up to the next log line)
+        log = gateway.log_text()
+        start = log.index(f"\nINVITE sip:9{far.port}@")  # a trace line, not a debug excerpt
+        invite = log[start : log.find("\n20", start)]
+        names = re.findall(r"a=rtpmap:\d+ ([^/]+)/", invite)
+        assert "opus" in names and not {"PCMU", "PCMA", "G722"} & set(names), names
+        await hang_up_from_browser(phone, far)
+    finally:
+        await far.close()

@@ -2,6 +2,34 @@
 // with real WebRTC media, shaped like a production webphone (settings wsServers, username,
 // password, realm, displayName, cli; events onRegistered, onRingingOut, onAnswer, onEnd, ...).
 //
+/**
+ * ConnexCS-style "Codec Delete": drop the offered codecs whose name matches one of the
+ * regexes (whole name, case-insensitive). Opus cannot be deleted, as in the ConnexCS phone.
+ */
+function codecDeleteModifier(patterns) {
+  const res = patterns.map((p) => new RegExp(`^(?:${p})$`, 'i'));
+  return async (description) => {
+    const lines = description.sdp.split('\r\n');
+    const drop = new Set();
+    for (const line of lines) {
+      const m = /^a=rtpmap:(\d+) ([^/]+)\//.exec(line);
+      if (m && m[2].toLowerCase() !== 'opus' && res.some((r) => r.test(m[2]))) drop.add(m[1]);
+    }
+    const out = [];
+    for (const line of lines) {
+      const m = /^m=audio (\d+) (\S+) (.*)$/.exec(line);
+      if (m) {
+        out.push(`m=audio ${m[1]} ${m[2]} ${m[3].split(' ').filter((pt) => !drop.has(pt)).join(' ')}`);
+        continue;
+      }
+      const a = /^a=(rtpmap|fmtp|rtcp-fb):(\d+)[ ]/.exec(line);
+      if (a && drop.has(a[2])) continue;
+      out.push(line);
+    }
+    return { type: description.type, sdp: out.join('\r\n') };
+  };
+}
+
 // window.phone      the API below; every method returns a Promise (or a value) and throws on
 //                   misuse, so a test driver can report the error.
 // window.phoneEvents every event, in order: {event, seq, time, ...fields}. If the page is run by
@@ -545,6 +573,7 @@ const phone = {
       logLevel: 'log',
       noAnswerTimeout: 60,
       extraHeaders: [],
+      codecDelete: [],
       ...options,
     };
     state.ua = buildUserAgent();
@@ -593,8 +622,10 @@ const phone = {
       params,
       extraHeaders: c.extraHeaders,
       sessionDescriptionHandlerOptions: sdhOptions(),
+      sessionDescriptionHandlerModifiers: c.codecDelete.length ? [codecDeleteModifier(c.codecDelete)] : [],
     });
     const call = newCall(inviter, 'outbound', target.toString());
+    // (codecDelete: the ConnexCS webphone's "Codec Delete", regexes over codec names)
     await inviter.invite({
       requestDelegate: {
         onProgress: (response) => {
