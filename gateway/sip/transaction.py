@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -571,7 +572,7 @@ def _classify(status: int, *, from_tu: bool) -> Input | None:
     return None
 
 
-class _Transaction:
+class _Transaction(ABC):
     """Timers, output queues and the table-driven step shared by both sides."""
 
     table: Table
@@ -672,8 +673,9 @@ class _Transaction:
         self._intervals[name] = interval
         self._deadlines[name] = now + interval
 
+    @abstractmethod
     def _perform(self, action: Action, message: Request | Response | None) -> None:
-        raise NotImplementedError  # pragma: no cover - both subclasses override
+        """Carry out one action of the transition table (client or server side)."""
 
 
 class ClientTransaction(_Transaction):

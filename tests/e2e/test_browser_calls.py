@@ -31,7 +31,7 @@ import pytest
 
 from gateway.sdp.model import parse as parse_sdp
 from tests.helpers.browser import BrowserPhone
-from tests.helpers.gateway import GATEWAY_IP, GatewayProcess, free_port
+from tests.helpers.gateway import GATEWAY_IP, GatewayProcess
 from tests.helpers.kamailio import KAMAILIO_IP, SIPP_IP, USERS, Kamailio
 from tests.helpers.kamailio import free_port as free_port_on
 from tests.helpers.rtp_far_end import RtpFarEnd
@@ -74,21 +74,8 @@ async def running_gateway(
 ) -> AsyncIterator[GatewayProcess]:
     """The gateway daemon with media anchored on 127.0.0.2; its log is printed on failure."""
     workdir.mkdir(parents=True, exist_ok=True)
-    low = 20000 + (free_port() % 200) * MEDIA_PORTS
-    gw = GatewayProcess(
-        workdir,
-        upstream=kamailio.uri("udp"),
-        extra={
-            "media": {
-                "enabled": True,
-                "public_ip": GATEWAY_IP,
-                "bind_ip": GATEWAY_IP,
-                "port_range": f"{low}-{low + MEDIA_PORTS - 1}",
-                "control": f"{GATEWAY_IP}:{free_port()}",
-                "workers": workers,
-                "timeout": SESSION_TIMEOUT_S,
-            }
-        },
+    gw = GatewayProcess.with_media(
+        workdir, kamailio.uri("udp"), workers=workers, timeout=SESSION_TIMEOUT_S, ports=MEDIA_PORTS
     )
     await gw.start()
     try:

@@ -43,6 +43,38 @@ class GatewayProcess:
     sip_port: int = 0
     metrics_port: int = 0
     proc: asyncio.subprocess.Process | None = None
+    #: the NG control socket, when media is enabled (see with_media)
+    control: tuple[str, int] | None = None
+
+    @classmethod
+    def with_media(
+        cls,
+        workdir: Path,
+        upstream: str,
+        *,
+        workers: int = 0,
+        timeout: float = 30.0,
+        ports: int = 100,
+        extra: dict[str, dict[str, object]] | None = None,
+    ) -> GatewayProcess:
+        """A gateway anchoring media on 127.0.0.2: its own slice of media ports and
+        NG control port, ``workers`` media processes (0: in-process)."""
+        low = 20000 + (free_port() % 200) * ports
+        control = (GATEWAY_IP, free_port())
+        tables: dict[str, dict[str, object]] = {
+            "media": {
+                "enabled": True,
+                "public_ip": GATEWAY_IP,
+                "bind_ip": GATEWAY_IP,
+                "port_range": f"{low}-{low + ports - 1}",
+                "control": f"{control[0]}:{control[1]}",
+                "workers": workers,
+                "timeout": timeout,
+            }
+        }
+        for table, values in (extra or {}).items():
+            tables.setdefault(table, {}).update(values)
+        return cls(workdir, upstream=upstream, extra=tables, control=control)
 
     @property
     def ws_url(self) -> str:

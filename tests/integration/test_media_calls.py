@@ -19,7 +19,7 @@ import pytest
 
 from gateway.sdp.model import parse as parse_sdp
 from gateway.transport.ng_client import NgClient
-from tests.helpers.gateway import GATEWAY_IP, GatewayProcess, free_port
+from tests.helpers.gateway import GATEWAY_IP, GatewayProcess
 from tests.helpers.kamailio import SIPP_IP, Kamailio
 from tests.helpers.kamailio import free_port as free_port_on
 from tests.helpers.rtp_far_end import RtpFarEnd
@@ -42,24 +42,7 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
 async def gateway(
     kamailio: Kamailio, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[GatewayProcess]:
-    low = 20000 + (free_port() % 200) * 100
-    control = free_port()
-    gw = GatewayProcess(
-        tmp_path,
-        upstream=kamailio.uri("udp"),
-        extra={
-            "media": {
-                "enabled": True,
-                "public_ip": GATEWAY_IP,
-                "bind_ip": GATEWAY_IP,
-                "port_range": f"{low}-{low + 99}",
-                "control": f"{GATEWAY_IP}:{control}",
-                "workers": request.param,
-                "timeout": 30.0,
-            }
-        },
-    )
-    gw.control = (GATEWAY_IP, control)  # type: ignore[attr-defined]
+    gw = GatewayProcess.with_media(tmp_path, kamailio.uri("udp"), workers=request.param)
     await gw.start()
     try:
         yield gw
@@ -72,7 +55,8 @@ async def gateway(
 
 
 async def media_sessions(gw: GatewayProcess) -> int:
-    client = await NgClient.connect(*gw.control)  # type: ignore[attr-defined]
+    assert gw.control is not None
+    client = await NgClient.connect(*gw.control)
     try:
         reply = await client.request({"command": "statistics"})
     finally:
@@ -271,23 +255,7 @@ async def test_media_timeout_ends_the_call_both_ways(
     kamailio: Kamailio, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """The far end stops sending RTP: after media.timeout the gateway sends BYE both ways."""
-    low = 20000 + (free_port() % 200) * 100
-    control = free_port()
-    gw = GatewayProcess(
-        tmp_path,
-        upstream=kamailio.uri("udp"),
-        extra={
-            "media": {
-                "enabled": True,
-                "public_ip": GATEWAY_IP,
-                "bind_ip": GATEWAY_IP,
-                "port_range": f"{low}-{low + 99}",
-                "control": f"{GATEWAY_IP}:{control}",
-                "timeout": 2.0,
-            }
-        },
-    )
-    gw.control = (GATEWAY_IP, control)  # type: ignore[attr-defined]
+    gw = GatewayProcess.with_media(tmp_path, kamailio.uri("udp"), timeout=2.0)
     await gw.start()
     far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE)
     await far.start()

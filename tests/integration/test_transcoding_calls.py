@@ -23,7 +23,7 @@ from gateway.media.codecs import available_codecs
 from gateway.sdp.model import parse as parse_sdp
 from gateway.sdp.rewrite import codecs_of
 from gateway.transport.ng_client import NgClient
-from tests.helpers.gateway import GATEWAY_IP, GatewayProcess, free_port
+from tests.helpers.gateway import GatewayProcess
 from tests.helpers.kamailio import SIPP_IP, Kamailio
 from tests.helpers.kamailio import free_port as free_port_on
 from tests.helpers.rtp_far_end import RtpFarEnd
@@ -51,25 +51,12 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
 async def running_gateway(
     kamailio: Kamailio, tmp_path: Path, request: pytest.FixtureRequest, workers: int
 ) -> AsyncIterator[GatewayProcess]:
-    low = 20000 + (free_port() % 200) * 100
-    control = free_port()
-    gw = GatewayProcess(
+    gw = GatewayProcess.with_media(
         tmp_path,
-        upstream=kamailio.uri("udp"),
-        extra={
-            "media": {
-                "enabled": True,
-                "public_ip": GATEWAY_IP,
-                "bind_ip": GATEWAY_IP,
-                "port_range": f"{low}-{low + 99}",
-                "control": f"{GATEWAY_IP}:{control}",
-                "workers": workers,
-                "timeout": 30.0,
-            },
-            "codecs": {"switch": ["PCMU", "PCMA", "G729"], "opus_complexity": 5},
-        },
+        kamailio.uri("udp"),
+        workers=workers,
+        extra={"codecs": {"switch": ["PCMU", "PCMA", "G729"], "opus_complexity": 5}},
     )
-    gw.control = (GATEWAY_IP, control)  # type: ignore[attr-defined]
     await gw.start()
     try:
         yield gw
@@ -90,7 +77,8 @@ async def gateway(
 
 
 async def ng_request(gw: GatewayProcess, body: dict[str, object]) -> dict[str, object]:
-    client = await NgClient.connect(*gw.control)  # type: ignore[attr-defined]
+    assert gw.control is not None
+    client = await NgClient.connect(*gw.control)
     try:
         return await client.request(body)
     finally:
