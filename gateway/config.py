@@ -83,6 +83,9 @@ SWITCH_CODECS: Final = ("PCMU", "PCMA", "G729")
 BROWSER_CODECS: Final = ("opus", "PCMU", "PCMA")
 #: Bounds of ``codecs.opus_complexity`` (libopus OPUS_SET_COMPLEXITY).
 MAX_OPUS_COMPLEXITY: Final = 10
+#: Bounds of a nonzero ``codecs.opus_bitrate`` in bit/s (RFC 7587 §6.1).
+MIN_OPUS_BITRATE: Final = 6000
+MAX_OPUS_BITRATE: Final = 510000
 
 TRANSPORTS: Final = ("udp", "tcp", "tls")
 MODES: Final = ("path", "contact-rewrite")
@@ -282,6 +285,9 @@ class CodecsConfig:
     cannot be stripped."""
     opus_complexity: int = 5
     """libopus encoder complexity, 0 (cheapest) to 10, for audio sent to browsers."""
+    opus_bitrate: int = 0
+    """Bit/s of transcoded Opus sent to browsers, 6000-510000; 0 lets libopus choose
+    (20000 with in-band FEC). A browser's fmtp ``maxaveragebitrate`` caps it."""
     transcode: bool = True
     """false: offer only the offerer's codecs; no shared codec means the call fails (488)."""
 
@@ -803,6 +809,15 @@ def _one_of(choices: tuple[str, ...], what: str) -> Callable[[str, str], str]:
     return check
 
 
+def _opus_bitrate(value: int, name: str) -> int:
+    if value != 0 and not MIN_OPUS_BITRATE <= value <= MAX_OPUS_BITRATE:
+        raise ConfigError(
+            f"{name}: {value} is out of range; expected 0 (automatic) or "
+            f"{MIN_OPUS_BITRATE} to {MAX_OPUS_BITRATE} bit/s"
+        )
+    return value
+
+
 def _int_range(lo: int, hi: int | None, unit: str) -> Callable[[int, str], int]:
     def check(value: int, name: str) -> int:
         if value < lo or (hi is not None and value > hi):
@@ -1055,6 +1070,7 @@ def _build(loader: _Loader) -> Config | None:
             cd, "opus_complexity", 5, _int_range(0, MAX_OPUS_COMPLEXITY, " (libopus complexity)")
         ),
         transcode=g(cd, "transcode", True, lambda v, n: v),
+        opus_bitrate=g(cd, "opus_bitrate", 0, _opus_bitrate),
     )
     metrics = MetricsConfig(
         listen=g("metrics", "listen", "127.0.0.1:9100", _hostport_or_empty),

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 from gateway.transport.media import MediaEngine
@@ -78,7 +79,7 @@ async def run(args: argparse.Namespace) -> None:
     finally:
         loop.remove_reader(sys.stdin.fileno())
         await server.close()
-        commands.close()
+        commands.close(time.time())
         await backend.flush()
         await engine.close()
 

@@ -46,6 +46,17 @@ MEDIA_COMMANDS = Counter(
     "NG commands the proxy sent to the media layer, by command and outcome",
     ["command", "outcome"],
 )
+MEDIA_SESSIONS = Gauge(
+    "gateway_media_sessions",
+    "Answered calls the media layer anchors, by mode (passthrough|transcode)",
+    ["mode"],
+)
+MEDIA_MODES_CHOSEN = Counter(
+    "gateway_media_modes_chosen_total",
+    "Media modes chosen by SDP answers (a re-INVITE that changes the mode counts again), "
+    "by mode and codec (PCMU, opus<->G729...)",
+    ["mode", "codec"],
+)
 UPSTREAM_UP = Gauge("gateway_upstream_up", "1 if the upstream server is healthy", ["server"])
 UPSTREAM_FAILOVERS = Counter(
     "gateway_upstream_failovers_total", "Requests moved to the next upstream server"

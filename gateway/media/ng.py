@@ -71,6 +71,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.media.codecs import CodecError
+from gateway.media.codecs.opus import NARROWBAND_FEC_BITRATE, encoder_options_from_fmtp
 from gateway.media.ports import PortsExhausted
 from gateway.media.transcode import RtpTranscoder, make_transcoder, pairs
 from gateway.sdp.errors import SdpError
@@ -673,8 +674,10 @@ class CodecPolicy:
     the offerer lacks them (canonical names: ``PCMU``, ``PCMA``, ``G729``, ``opus``);
     ``strip``: regular expressions (full, case-insensitive match of the encoding name)
     removing codecs from the browser's offer before it goes to the switch;
-    ``opus_complexity``: libopus encoder complexity 0-10; ``transcode``: False offers only
-    the offerer's codecs (no shared codec: the answerer rejects the call).
+    ``opus_complexity``: libopus encoder complexity 0-10; ``opus_bitrate``: bit/s of the
+    Opus sent to browsers, 0 automatic (the browser's ``maxaveragebitrate`` caps either);
+    ``transcode``: False offers only the offerer's codecs (no shared codec: the answerer
+    rejects the call).
     """
 
     switch: tuple[str, ...] = ("PCMU", "PCMA")
@@ -682,6 +685,7 @@ class CodecPolicy:
     strip: tuple[str, ...] = ()
     opus_complexity: int = 5
     transcode: bool = True
+    opus_bitrate: int = 0
 
 
 #: SDP form of each codec the policy may add (RFC 3551 §6 static types; RFC 7587 §7 opus
@@ -742,6 +746,28 @@ def _ptime(value: int | None, codec: Codec) -> int:
     if name == "G729" and (value % 10 or value > 120):
         return DEFAULT_PTIME_MS
     return value
+
+
+def _opus_options(fmtp: str | None, policy: CodecPolicy) -> dict[str, object]:
+    """Transcoder options for the Opus sent to a browser: its fmtp asks for FEC, DTX,
+    CBR and caps the bitrate (RFC 7587 §6.1); ``policy.opus_bitrate`` sets the rate."""
+    wanted = encoder_options_from_fmtp(fmtp)
+    bitrate: int | None = policy.opus_bitrate or None
+    cap = wanted.get("max_bitrate")
+    if cap is not None:
+        if bitrate is None and (wanted["fec"] or cap < NARROWBAND_FEC_BITRATE):
+            # The encoder's own choice with FEC at 8 kHz; without FEC its automatic rate
+            # (about 11 kbit/s narrowband) is kept unless the cap is lower than this.
+            bitrate = NARROWBAND_FEC_BITRATE
+        if bitrate is not None:
+            bitrate = min(bitrate, cap)
+    return {
+        "opus_fec": wanted["fec"],
+        "opus_dtx": wanted["dtx"],
+        "opus_cbr": wanted["cbr"],
+        "opus_max_bandwidth": wanted.get("max_bandwidth"),
+        "opus_bitrate": bitrate,
+    }
 
 
 def _event(codecs: Iterable[Codec], clock: int) -> Codec | None:
@@ -812,6 +838,7 @@ class _Call:
     last_answer: tuple[str, dict[str, object]] | None = None
     answered: bool = False
     protocols: dict[str, str] = field(default_factory=dict)
+    transcoders: dict[str, RtpTranscoder] = field(default_factory=dict)  # pipeline -> it
     mode: _Mode | None = None
 
 
@@ -868,6 +895,8 @@ class NgCommands:
         codecs: the transcoding policy; None relays payload only (no transcoding).
         on_mode: called with the call-id and ``"passthrough PCMU"`` /
             ``"transcode opus<->PCMU"`` when an answer sets or changes a call's mode.
+        on_end: called with a summary (:meth:`summary`) when an answered call ends
+            (delete, media timeout or shutdown): the media half of a CDR.
     """
 
     def __init__(
@@ -878,12 +907,14 @@ class NgCommands:
         on_release: Callable[[str], None] | None = None,
         codecs: CodecPolicy | None = None,
         on_mode: Callable[[str, str], None] | None = None,
+        on_end: Callable[[dict[str, object]], None] | None = None,
     ) -> None:
         self.backend = backend
         self.max_calls = max_calls
         self.on_release = on_release
         self.codecs = codecs
         self.on_mode = on_mode
+        self.on_end = on_end
         self._calls: dict[str, _Call] = {}
         self.started: float | None = None
         self.managed = 0
@@ -922,7 +953,7 @@ class NgCommands:
         if call is None:
             return False
         self.timed_out += 1
-        self._drop(call)
+        self._drop(call, now, "timeout")
         return True
 
     def call_ids(self) -> list[str]:
@@ -934,10 +965,10 @@ class NgCommands:
         call = self._calls.get(call_id)
         return None if call is None else call.session
 
-    def close(self) -> None:
-        """Release every call."""
+    def close(self, now: float | None = None) -> None:
+        """Release every call (``now``: the wall clock for the summaries)."""
         for call in list(self._calls.values()):
-            self._drop(call)
+            self._drop(call, call.last_signal if now is None else now, "shutdown")
 
     # ---------------------------------------------------------------- commands
 
@@ -986,7 +1017,7 @@ class NgCommands:
         except BaseException:
             if created:
                 self.managed -= 1
-                self._drop(call)
+                self._drop(call, now, "failed")
             raise
         call.tags[side] = from_tag
         call.tag_created.setdefault(side, now)
@@ -1159,6 +1190,11 @@ class NgCommands:
         call.pending = None
         call.answered = True
         reply: dict[str, object] = {"result": "ok", "sdp": out}
+        if call.mode is not None:
+            # Not in rtpengine's reply (clients ignore unknown keys): the chosen media mode,
+            # for the gateway's metrics.
+            reply["mode"] = call.mode.mode
+            reply["codec"] = call.mode.codec
         if opts.warnings:
             reply["warning"] = "; ".join(opts.warnings)
         call.last_answer = (text, reply)
@@ -1178,7 +1214,7 @@ class NgCommands:
             return {"result": "ok", "warning": reason}
         reply = self._stats(call)
         self.deleted += 1
-        self._drop(call)
+        self._drop(call, now, "delete")
         return reply
 
     def _query(self, body: dict[str, object], now: float) -> dict[str, object]:
@@ -1330,6 +1366,7 @@ class NgCommands:
                     dtmf_in_pt=r_ev,
                     dtmf_out_pt=w_ev,
                     opus_complexity=policy.opus_complexity,
+                    **(_opus_options(w.fmtp, policy) if w.name.upper() == "OPUS" else {}),
                 )
             except (CodecError, ValueError) as exc:
                 raise _CommandError(f"cannot transcode {mode.codec}: {exc}") from None
@@ -1340,9 +1377,11 @@ class NgCommands:
             )
             session.set_transcoder("to_rtp", to_rtp)
             session.set_transcoder("to_webrtc", to_webrtc)
+            call.transcoders = {"to_rtp": to_rtp, "to_webrtc": to_webrtc}
         elif mode.mode == "passthrough" and previous is not None and previous.mode == "transcode":
             session.set_transcoder("to_rtp", None)
             session.set_transcoder("to_webrtc", None)
+            call.transcoders = {}
         call.mode = mode
         if self.on_mode is not None and (previous is None or previous.label != mode.label):
             self.on_mode(call.call_id, mode.label)
@@ -1428,12 +1467,46 @@ class NgCommands:
             origin.last = text
         return text
 
-    def _drop(self, call: _Call) -> None:
+    def _drop(self, call: _Call, now: float, reason: str) -> None:
         if self._calls.pop(call.call_id, None) is None:
             return
+        if self.on_end is not None and call.answered:
+            self.on_end(self.summary(call, now, reason))
         self.backend.release(call.session)
         if self.on_release is not None:
             self.on_release(call.call_id)
+
+    @staticmethod
+    def summary(call: _Call, now: float, reason: str) -> dict[str, object]:
+        """One ended call's media in a flat, JSON-ready form: mode and codecs, duration,
+        per-leg packet counts and drops, the transcoders' counters and the RTCP figures the
+        bridge collected (loss, jitter, round-trip time, when known)."""
+        raw = call.session.stats
+        legs: dict[str, object] = {}
+        for name in _LEG.values():
+            leg = raw.get(name)
+            if isinstance(leg, dict):
+                drops = leg.get("drops")
+                legs[name] = {
+                    key: leg[key]
+                    for key in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "rtcp")
+                    if key in leg
+                } | {"dropped": sum(drops.values()) if isinstance(drops, dict) else 0}
+        mode = call.mode
+        return {
+            "call_id": call.call_id,
+            "mode": mode.mode if mode is not None else "",
+            "codec": mode.codec if mode is not None else "",
+            "codec_webrtc": mode.webrtc.name if mode is not None else "",
+            "codec_rtp": mode.rtp.name if mode is not None else "",
+            "created": round(call.created, 3),
+            "ended": round(now, 3),
+            "duration": round(max(0.0, now - call.created), 3),
+            "ended_by": reason,
+            "timed_out_leg": str(raw.get("timed_out") or ""),
+            "legs": _plain_value(legs),
+            "transcode": {pipe: t.stats() for pipe, t in call.transcoders.items()},
+        }
 
     def _stats(self, call: _Call) -> dict[str, object]:
         """rtpengine's query layout (tags, medias, streams, totals) plus ``legs``."""
@@ -1510,6 +1583,8 @@ class NgCommands:
         if call.mode is not None:
             reply["mode"] = call.mode.mode
             reply["codec"] = call.mode.codec
+        if call.transcoders:
+            reply["transcode"] = {pipe: t.stats() for pipe, t in call.transcoders.items()}
         if raw.get("timed_out"):
             reply["timed out"] = str(raw["timed_out"])
         return reply

@@ -38,7 +38,7 @@ from typing import Any
 from gateway.media.codecs import get_decoder, get_encoder
 from gateway.media.codecs.base import BYTES_PER_SAMPLE, CodecError, Decoder, Encoder
 from gateway.media.codecs.dtmf import DtmfError, TimestampMap, rescale_event
-from gateway.media.codecs.opus import OpusDecoder
+from gateway.media.codecs.opus import DTX_MAX_BYTES, OpusDecoder
 
 __all__ = [
     "RtpTranscoder",
@@ -112,7 +112,7 @@ class RtpTranscoder:
     Counters (plain ints, read by the adapter for metrics): ``packets_in``, ``packets_out``,
     ``dtmf_relayed``, ``concealed_packets``, ``concealed_samples``, ``fec_attempts``,
     ``discontinuities``, ``drop_malformed``, ``drop_payload_type``, ``drop_cn``,
-    ``drop_late``, ``drop_decode``.
+    ``drop_late``, ``drop_decode``, ``dtx_frames``.
     """
 
     def __init__(
@@ -133,6 +133,9 @@ class RtpTranscoder:
         opus_fec: bool = True,
         opus_bitrate: int | None = None,
         opus_packet_loss_perc: int = 10,
+        opus_dtx: bool = False,
+        opus_cbr: bool = False,
+        opus_max_bandwidth: str | None = None,
         ssrc: int | None = None,
         initial_seq: int | None = None,
         initial_ts: int | None = None,
@@ -142,7 +145,11 @@ class RtpTranscoder:
         ``in_clock``/``out_clock`` are the RTP clocks negotiated in SDP (48000 for Opus,
         8000 otherwise); ``dtmf_*_pt`` the ``telephone-event`` payload types on each leg
         (events are dropped unless both are set); ``cn_in_pt`` the comfort-noise payload
-        type counted under ``drop_cn``. ``ssrc``, ``initial_seq`` and ``initial_ts`` default
+        type counted under ``drop_cn``. The ``opus_*`` options set the Opus encoder when
+        the output is Opus (:func:`gateway.media.codecs.opus.encoder_options_from_fmtp`
+        derives them from the browser's fmtp); with ``opus_dtx`` the frames libopus marks as
+        silence are not sent (counted in ``dtx_frames``) and the next packet sent carries
+        the marker bit (RFC 3551 §4.1: start of a talkspurt). ``ssrc``, ``initial_seq`` and ``initial_ts`` default
         to random values (RFC 3550 §5.1).
 
         Raises:
@@ -188,6 +195,9 @@ class RtpTranscoder:
                 fec=opus_fec,
                 bitrate=opus_bitrate,
                 packet_loss_perc=opus_packet_loss_perc,
+                dtx=opus_dtx,
+                cbr=opus_cbr,
+                max_bandwidth=opus_max_bandwidth,
             )
         self.decoder: Decoder = get_decoder(in_codec, **dec_opts)
         self.encoder: Encoder = get_encoder(out_codec, **enc_opts)
@@ -203,6 +213,7 @@ class RtpTranscoder:
         self._frame_bytes = out_samples * BYTES_PER_SAMPLE
         self._frame_ticks = out_samples * self._out_tps
         self._silence = bytes(self._frame_bytes)
+        self._dtx = out_codec == "opus" and opus_dtx
         # Output stream state.
         self._seq = (secrets.randbits(16) if initial_seq is None else initial_seq) & 0xFFFF
         self._out_ts = (secrets.randbits(32) if initial_ts is None else initial_ts) & _U32
@@ -226,6 +237,7 @@ class RtpTranscoder:
         self.drop_cn = 0
         self.drop_late = 0
         self.drop_decode = 0
+        self.dtx_frames = 0
 
     # ------------------------------------------------------------------ the Protocol
 
@@ -390,6 +402,12 @@ class RtpTranscoder:
         seq = self._seq
         ts = self._out_ts
         self._out_ts = (ts + self._frame_ticks) & _U32
+        if self._dtx and len(payload) <= DTX_MAX_BYTES:
+            # A DTX frame: not sent; the timestamp moves on and the next packet sent opens
+            # a talkspurt (RFC 3551 §4.1 marker).
+            self.dtx_frames += 1
+            self._marker = True
+            return
         # Never empty: G.729 runs without Annex B VAD here, and Opus always yields a TOC.
         b1 = self.out_pt | 0x80 if self._marker else self.out_pt
         self._marker = False
@@ -438,6 +456,7 @@ class RtpTranscoder:
             "drop_cn": self.drop_cn,
             "drop_late": self.drop_late,
             "drop_decode": self.drop_decode,
+            "dtx_frames": self.dtx_frames,
         }
 
 

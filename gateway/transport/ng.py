@@ -51,6 +51,7 @@ from gateway.media.ng import (
     parse_message,
 )
 from gateway.transport.media import MediaEngine, MediaSession
+from gateway.transport.media_modes import ModeTracker, tracked
 from gateway.transport.ng_client import NgClient, NgTimeout
 
 __all__ = [
@@ -91,6 +92,9 @@ WORKER_REQUEST_TIMEOUT = 3.0
 """Seconds the front waits for a worker's reply before answering with an error."""
 WORKER_STOP_TIMEOUT = 5.0
 """Seconds a worker gets to exit after its pipe closes before it is killed."""
+MODE_PRUNE_INTERVAL = 10.0
+"""Seconds between the ``list`` that forgets calls the media layer ended by itself (media
+timeout) in the per-mode gauge."""
 
 Handler = Callable[[dict[str, object]], Awaitable[dict[str, object]]]
 
@@ -276,6 +280,7 @@ def codec_policy(config: CodecsConfig) -> CodecPolicy:
         browser=usable(config.browser, "browser"),
         strip=config.strip,
         opus_complexity=config.opus_complexity,
+        opus_bitrate=config.opus_bitrate,
         transcode=config.transcode,
     )
 
@@ -300,6 +305,7 @@ def policy_from_json(text: str) -> CodecPolicy:
             browser=tuple(str(v) for v in data["browser"]),
             strip=tuple(str(v) for v in data["strip"]),
             opus_complexity=int(data["opus_complexity"]),
+            opus_bitrate=int(data.get("opus_bitrate", 0)),
             transcode=bool(data["transcode"]),
         )
     except (KeyError, TypeError) as exc:
@@ -308,6 +314,11 @@ def policy_from_json(text: str) -> CodecPolicy:
 
 def _log_mode(call_id: str, mode: str) -> None:
     log.info("= media call %s: %s", call_id, mode)
+
+
+def _log_summary(summary: dict[str, object]) -> None:
+    # One JSON line per ended call: the media half of a CDR, for log shippers.
+    log.info("= media summary %s", json.dumps(summary, separators=(",", ":"), sort_keys=True))
 
 
 async def local_handler(
@@ -322,6 +333,7 @@ async def local_handler(
         max_calls=MAX_CALLS if max_calls is None else max_calls,
         codecs=codecs,
         on_mode=_log_mode,
+        on_end=_log_summary,
     )
     backend.commands = commands
 
@@ -563,8 +575,12 @@ class MediaControlHandle:
         engine: MediaEngine | None = None,
         commands: NgCommands | None = None,
         pool: WorkerPool | None = None,
+        modes: ModeTracker | None = None,
+        handler: Handler | None = None,
     ) -> None:
         self.server = server
+        self.modes = modes
+        """Calls per media mode, from the NG replies (None: not tracked)."""
         self.engine = engine
         """The in-process engine (None in worker mode)."""
         self.commands = commands
@@ -574,6 +590,23 @@ class MediaControlHandle:
         self.address = server.address
         """(host, port) of the NG control socket."""
         self._closed = False
+        self._prune: asyncio.Task[None] | None = None
+        if modes is not None and handler is not None:
+            self._prune = asyncio.create_task(self._prune_modes(handler, modes))
+
+    async def _prune_modes(self, handler: Handler, modes: ModeTracker) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(MODE_PRUNE_INTERVAL)
+            since = loop.time()
+            try:
+                reply = await handler({"command": "list", "limit": MAX_CALLS * 64})
+            except Exception as exc:  # a worker is busy or restarting: next round
+                log.warning("! media list for the mode gauge failed: %s", exc)
+                continue
+            calls = reply.get("calls")
+            if reply.get("result") == "ok" and isinstance(calls, list):
+                modes.prune({str(c) for c in calls}, since)
 
     @property
     def mode(self) -> str:
@@ -585,9 +618,13 @@ class MediaControlHandle:
         if self._closed:
             return
         self._closed = True
+        if self._prune is not None:
+            self._prune.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prune
         await self.server.close()
         if self.commands is not None:
-            self.commands.close()
+            self.commands.close(time.time())
         if self.engine is not None:
             await self.engine.close()
         if self.pool is not None:
@@ -621,19 +658,23 @@ async def start_media_control(
         OSError: the NG socket cannot be bound.
     """
     count = (os.cpu_count() or 1) if workers < 0 else workers
+    clock = asyncio.get_running_loop().time
     if count == 0:
         engine = MediaEngine(
             public_ip=public_ip, bind_ip=bind_ip, port_range=port_range, timeout=timeout
         )
         await engine.start()
         commands, _, handler = await local_handler(engine, codecs=codecs)
+        modes = ModeTracker()
         try:
-            server = await serve_ng(handler, *control, name="in-process")
+            server = await serve_ng(tracked(handler, modes, clock), *control, name="in-process")
         except BaseException:
             await engine.close()
             raise
         log.info("= media in-process, NG control on %s:%d", *server.address)
-        return MediaControlHandle(server, engine=engine, commands=commands)
+        return MediaControlHandle(
+            server, engine=engine, commands=commands, modes=modes, handler=handler
+        )
     pool = await WorkerPool.start(
         count,
         public_ip=public_ip,
@@ -642,13 +683,14 @@ async def start_media_control(
         timeout=timeout,
         codecs=codecs,
     )
+    modes = ModeTracker()
     try:
-        server = await serve_ng(pool.handle, *control, name="front")
+        server = await serve_ng(tracked(pool.handle, modes, clock), *control, name="front")
     except BaseException:
         await pool.close()
         raise
     log.info("= media in %d workers, NG control on %s:%d", count, *server.address)
-    return MediaControlHandle(server, pool=pool)
+    return MediaControlHandle(server, pool=pool, modes=modes, handler=pool.handle)
 
 
 async def start_media(config: Config) -> MediaControlHandle:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -132,6 +134,45 @@ async def no_sessions_left(gw: GatewayProcess) -> bool:
     return False
 
 
+def media_summaries(gw: GatewayProcess) -> list[dict[str, Any]]:
+    """The per-call media summaries (one JSON line per ended call) in the gateway's log."""
+    marker = "= media summary "
+    return [
+        json.loads(line.split(marker, 1)[1])
+        for line in gw.log_text().splitlines()
+        if marker in line
+    ]
+
+
+async def metric_becomes(gw: GatewayProcess, name: str, value: float, **labels: str) -> float:
+    """The metric's value once it equals ``value`` (or the last one read after ~3 s)."""
+    seen = -1.0
+    for _ in range(NG_POLLS):
+        seen = await gw.metric(name, **labels)
+        if seen == value:
+            break
+        await asyncio.sleep(NG_POLL_S)
+    return seen
+
+
+def check_summary(gw: GatewayProcess, mode: str, codec: str) -> None:
+    """The ended call's media summary names its mode and codec and counts its packets."""
+    summaries = media_summaries(gw)
+    assert len(summaries) == 1, gw.log_text()[-3000:]
+    summary = summaries[0]
+    assert (summary["mode"], summary["codec"], summary["ended_by"]) == (mode, codec, "delete")
+    # The call lasted as long as both tones took to be heard: at least 10 packets of 20 ms.
+    assert summary["duration"] > 0.2, summary
+    for leg in ("webrtc", "rtp"):
+        assert summary["legs"][leg]["rx_packets"] >= 10, summary
+        assert summary["legs"][leg]["tx_packets"] >= 10, summary
+    if mode == "transcode":
+        assert summary["transcode"]["to_rtp"]["packets_out"] >= 10, summary
+        assert summary["transcode"]["to_webrtc"]["packets_out"] >= 10, summary
+    else:
+        assert summary["transcode"] == {}
+
+
 async def outbound_transcoded_call(gw: GatewayProcess, codec: str) -> None:
     """Opus-only browser -> far end speaking only ``codec``: audio both ways, transcoded."""
     far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE, codecs=(codec, "telephone-event"))
@@ -157,9 +198,18 @@ async def outbound_transcoded_call(gw: GatewayProcess, codec: str) -> None:
             assert far.payload_types_seen == {PT[codec]}
             assert (ua.negotiated_codec() or "").lower() == "opus"
             assert await call_mode(gw) == ("transcode", f"opus<->{codec}")
+            # The mode is a metric while the call runs (and was counted once as chosen).
+            assert await gw.metric("gateway_media_sessions", mode="transcode") == 1
+            assert await gw.metric("gateway_media_sessions", mode="passthrough") == 0
+            chosen = await gw.metric(
+                "gateway_media_modes_chosen_total", mode="transcode", codec=f"opus<->{codec}"
+            )
+            assert chosen == 1
             await ua.hangup()
             assert await far.wait_ended() == "remote BYE"
         assert await no_sessions_left(gw)
+        assert await metric_becomes(gw, "gateway_media_sessions", 0, mode="transcode") == 0
+        check_summary(gw, "transcode", f"opus<->{codec}")
     finally:
         await far.close()
 
@@ -203,9 +253,13 @@ async def test_shared_codec_stays_passthrough(gateway: GatewayProcess) -> None:
             assert far.payload_types_seen == {0}
             assert (ua.negotiated_codec() or "").lower() == "pcmu"
             assert await call_mode(gateway) == ("passthrough", "PCMU")
+            assert await gateway.metric("gateway_media_sessions", mode="passthrough") == 1
+            assert await gateway.metric("gateway_media_sessions", mode="transcode") == 0
             await ua.hangup()
             assert await far.wait_ended() == "remote BYE"
         assert "passthrough PCMU" in gateway.log_text()
+        assert await metric_becomes(gateway, "gateway_media_sessions", 0, mode="passthrough") == 0
+        check_summary(gateway, "passthrough", "PCMU")
     finally:
         await far.close()
 

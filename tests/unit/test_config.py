@@ -1171,6 +1171,7 @@ def test_codecs_table_is_read_and_names_are_canonical() -> None:
                 "strip": ["G722", "isac|red"],
                 "opus_complexity": 10,
                 "transcode": False,
+                "opus_bitrate": 32000,
             }
         ),
         {},
@@ -1181,6 +1182,7 @@ def test_codecs_table_is_read_and_names_are_canonical() -> None:
         strip=("G722", "isac|red"),
         opus_complexity=10,
         transcode=False,
+        opus_bitrate=32000,
     )
 
 
@@ -1215,6 +1217,12 @@ def test_codecs_table_is_read_and_names_are_canonical() -> None:
             {"opus_complexity": 11},
             "codecs.opus_complexity: 11 is out of range; expected 0 to 10 (libopus complexity)",
         ),
+        (
+            {"opus_bitrate": 5000},
+            "codecs.opus_bitrate: 5000 is out of range; expected 0 (automatic) or 6000 to "
+            "510000 bit/s",
+        ),
+        ({"opus_bitrate": "32k"}, "codecs.opus_bitrate: '32k' is a string; expected an integer"),
         ({"transcode": "no"}, "codecs.transcode: 'no' is a string; expected true or false"),
         ({"trancode": True}, "codecs.trancode: unknown key; did you mean codecs.transcode?"),
     ],

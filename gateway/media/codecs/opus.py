@@ -39,6 +39,13 @@ DEFAULT_PACKET_LOSS_PERC = 10
 MAX_PACKET_BYTES = 1275 * 3 + 7
 """Output buffer: a frame is at most 1275 bytes (RFC 6716 §3.2.1), a 60 ms packet holds
 three, plus up to 7 bytes of TOC and framing."""
+DTX_MAX_BYTES = 2
+"""With DTX on, libopus marks a frame that need not be sent by making it this short or
+shorter (opus_encode documentation: "1 or 2 bytes ... the packet does not need to be
+transmitted")."""
+MIN_BITRATE = 6000
+MAX_BITRATE = 510000
+"""Bounds of an Opus bitrate in bit/s (RFC 7587 §6.1 ``maxaveragebitrate``)."""
 MAX_DECODE_MS = 120
 """Longest packet duration an Opus packet can carry (RFC 6716 §3.1)."""
 PLC_STEP_SAMPLES_DIVISOR = 400
@@ -54,6 +61,7 @@ OPUS_SET_COMPLEXITY_REQUEST = 4010
 OPUS_SET_INBAND_FEC_REQUEST = 4012
 OPUS_SET_PACKET_LOSS_PERC_REQUEST = 4014
 OPUS_SET_DTX_REQUEST = 4016
+OPUS_SET_VBR_REQUEST = 4006
 OPUS_SET_SIGNAL_REQUEST = 4024
 OPUS_GET_LOOKAHEAD_REQUEST = 4027
 OPUS_SIGNAL_VOICE = 3001
@@ -176,12 +184,16 @@ class OpusEncoder:
         bandwidth: str | None = None,
         max_bandwidth: str | None = None,
         signal_voice: bool = True,
+        cbr: bool = False,
     ) -> None:
         """Create the libopus state; ``bitrate`` None leaves libopus's automatic choice
         (except NARROWBAND_FEC_BITRATE at 8 kHz with FEC on).
 
         ``bandwidth`` forces an audio bandwidth, ``max_bandwidth`` caps it (use it for the
         SDP ``maxplaybackrate`` of RFC 7587 §6.1); both take the keys of BANDWIDTHS.
+        ``dtx`` and ``cbr`` follow the receiver's ``usedtx``/``cbr`` (see
+        :func:`encoder_options_from_fmtp`); with DTX, packets of :data:`DTX_MAX_BYTES` or
+        fewer need not be sent.
         """
         _check_rate(pcm_rate, frame_ms)
         lib = _load()
@@ -203,8 +215,16 @@ class OpusEncoder:
         self._ctl(OPUS_SET_INBAND_FEC_REQUEST, int(fec))
         self._ctl(OPUS_SET_PACKET_LOSS_PERC_REQUEST, packet_loss_perc)
         self._ctl(OPUS_SET_DTX_REQUEST, int(dtx))
+        if cbr:
+            self._ctl(OPUS_SET_VBR_REQUEST, 0)
         if bitrate is None and fec and pcm_rate == 8000:
             bitrate = NARROWBAND_FEC_BITRATE
+        # The settings in force, for reports and tests (None bitrate: libopus's choice).
+        self.fec = fec
+        self.dtx = dtx
+        self.cbr = cbr
+        self.bitrate = bitrate
+        self.max_bandwidth = max_bandwidth
         if bitrate is not None:
             self._ctl(OPUS_SET_BITRATE_REQUEST, bitrate)
         if signal_voice:
@@ -346,3 +366,41 @@ def _bandwidth(name: str) -> int:
         return BANDWIDTHS[name]
     except KeyError:
         raise CodecError(f"Opus bandwidth {name!r} not one of {sorted(BANDWIDTHS)}") from None
+
+
+def encoder_options_from_fmtp(fmtp: str | None) -> dict[str, Any]:
+    """:class:`OpusEncoder` options that honour the *receiver's* ``a=fmtp`` (RFC 7587 §6.1).
+
+    The parameters describe what the receiver wants from the sender: ``useinbandfec=1``
+    (it decodes in-band FEC: encode it; absent means 0), ``usedtx=1`` (send DTX),
+    ``cbr=1`` (constant bitrate), ``maxaveragebitrate`` (cap, clamped to 6000-510000) and
+    ``maxplaybackrate`` (no point coding wider audio than it plays: ``max_bandwidth``).
+    Returns the keys ``fec``, ``dtx``, ``cbr`` and, when given, ``max_bitrate`` and
+    ``max_bandwidth``. Unknown or malformed parameters are ignored (§6.1: "the receiver
+    ... MUST ignore" what it does not understand), never raised.
+    """
+    params: dict[str, str] = {}
+    for part in (fmtp or "").split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            params[name.strip().lower()] = value.strip()
+    options: dict[str, Any] = {
+        "fec": params.get("useinbandfec") == "1",
+        "dtx": params.get("usedtx") == "1",
+        "cbr": params.get("cbr") == "1",
+    }
+    rate = params.get("maxaveragebitrate", "")
+    if rate.isdigit():
+        options["max_bitrate"] = min(max(int(rate), MIN_BITRATE), MAX_BITRATE)
+    playback = params.get("maxplaybackrate", "")
+    if playback.isdigit():
+        # RFC 7587 §6.1 / RFC 6716 §2: 8 kHz is narrowband, 12 mediumband, 16 wideband,
+        # 24 super-wideband, above that fullband.
+        hz = int(playback)
+        for limit, name in ((8000, "narrowband"), (12000, "mediumband"), (16000, "wideband")):
+            if hz <= limit:
+                options["max_bandwidth"] = name
+                break
+        else:
+            options["max_bandwidth"] = "superwideband" if hz <= 24000 else "fullband"
+    return options

@@ -8,11 +8,13 @@ over real UDP in tests/integration/test_ng_control.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
 
+from gateway.media.codecs.opus import OpusEncoder
 from gateway.media.ng import (
     MAX_DEPTH,
     MAX_ITEMS,
@@ -797,6 +799,76 @@ def test_switch_offer_gains_opus_and_opus_answer_transcodes(
     assert tng.handle({"command": "query", "call-id": "s1"}, 7.0)["codec"] == "opus<->PCMU"
 
 
+@pytest.mark.parametrize(
+    ("fmtp", "policy_bitrate", "expected"),
+    [
+        # Chrome's own fmtp: FEC asked for, so the encoder codes LBRR at 20 kbit/s.
+        ("minptime=10;useinbandfec=1", 0, (True, False, False, 20000)),
+        # No useinbandfec (RFC 7587 §6.1: absent = 0): no FEC, libopus's automatic rate.
+        ("minptime=10", 0, (False, False, False, None)),
+        # DTX and CBR asked for; the browser's maxaveragebitrate caps the configured rate.
+        ("useinbandfec=1;usedtx=1;cbr=1;maxaveragebitrate=16000", 32000,
+         (True, True, True, 16000)),
+        ("minptime=10", 24000, (False, False, False, 24000)),
+    ],
+)  # fmt: skip
+def test_opus_sent_to_the_browser_follows_its_fmtp(
+    backend: FakeBackend,
+    fmtp: str,
+    policy_bitrate: int,
+    expected: tuple[bool, bool, bool, int | None],
+) -> None:
+    ng = NgCommands(backend, codecs=replace(POLICY, opus_bitrate=policy_bitrate))
+    offer = chrome_offer_with("111 110").replace(
+        "a=fmtp:111 minptime=10;useinbandfec=1", "a=fmtp:111 " + fmtp
+    )
+    browser_offer(ng, sdp=offer)
+    assert switch_answer(ng)["result"] == "ok"
+    to_webrtc = session(backend).transcoders()["to_webrtc"]
+    assert to_webrtc is not None
+    encoder = to_webrtc.encoder
+    assert isinstance(encoder, OpusEncoder)
+    assert (encoder.fec, encoder.dtx, encoder.cbr, encoder.bitrate) == expected
+
+
+def test_answer_reply_names_the_mode_and_ended_calls_get_a_summary(
+    backend: FakeBackend,
+) -> None:
+    ends: list[dict[str, object]] = []
+    ng = NgCommands(backend, codecs=POLICY, on_end=ends.append)
+    browser_offer(ng, sdp=chrome_offer_with("111 110"))
+    reply = switch_answer(ng)
+    assert (reply["mode"], reply["codec"]) == ("transcode", "opus<->PCMU")
+    query = ng.handle({"command": "query", "call-id": "c1"}, 1002.0)
+    assert set(query["transcode"]) == {"to_rtp", "to_webrtc"}  # type: ignore[arg-type]
+    ng.handle({"command": "delete", "call-id": "c1"}, 1030.5)
+    assert len(ends) == 1
+    summary = ends[0]
+    assert {k: summary[k] for k in ("call_id", "mode", "codec", "codec_webrtc", "codec_rtp",
+                                    "created", "ended", "duration", "ended_by")} == {
+        "call_id": "c1", "mode": "transcode", "codec": "opus<->PCMU", "codec_webrtc": "opus",
+        "codec_rtp": "PCMU", "created": 1000.0, "ended": 1030.5, "duration": 30.5,
+        "ended_by": "delete",
+    }  # fmt: skip
+    assert summary["legs"] == {
+        "webrtc": {"rx_packets": 5, "rx_bytes": 500, "dropped": 2},
+        "rtp": {"rx_packets": 7, "rx_bytes": 700, "dropped": 0},
+    }
+    transcode = summary["transcode"]
+    assert isinstance(transcode, dict) and transcode["to_rtp"]["packets_in"] == 0
+    json.dumps(summary)  # JSON-ready as it is (the log line is one JSON object)
+    # A passthrough call ended by the media timeout, and an offer never answered (no
+    # summary: no call took place).
+    browser_offer(ng, sdp=chrome_offer_with("111 0 126"), call_id="c2")
+    assert switch_answer(ng, call_id="c2")["mode"] == "passthrough"
+    assert ng.expire("c2", 1100.0)
+    browser_offer(ng, call_id="c3")
+    ng.handle({"command": "delete", "call-id": "c3"}, 1101.0)
+    assert [(e["call_id"], e["mode"], e["codec"], e["ended_by"], e["transcode"]) for e in ends[1:]] == [
+        ("c2", "passthrough", "PCMU", "timeout", {})
+    ]  # fmt: skip
+
+
 def test_switch_offer_with_g729_first_transcodes_to_g729(tng: NgCommands) -> None:
     switch_offer(tng, "18 0 8 101")
     assert browser_answer(tng)["result"] == "ok"
@@ -840,3 +912,20 @@ def test_reanswer_keeps_the_transcoders_and_back_to_passthrough_removes_them(
     switch_answer(tng, sdp=answer.replace("10000", "10002"))
     assert s.transcoders() == {"to_rtp": None, "to_webrtc": None}
     assert modes == [("c1", "transcode opus<->PCMA"), ("c1", "passthrough PCMU")]
+
+
+def test_codec_policy_reaches_media_workers_intact() -> None:
+    """Workers get the policy as one JSON argument: every field survives the trip."""
+    from gateway.transport.ng import policy_from_json, policy_to_json
+
+    policy = CodecPolicy(
+        switch=("G729", "PCMA"),
+        browser=("opus",),
+        strip=("G722",),
+        opus_complexity=9,
+        transcode=False,
+        opus_bitrate=24000,
+    )
+    assert policy_from_json(policy_to_json(policy)) == policy
+    with pytest.raises(ValueError, match="bad codec policy"):
+        policy_from_json('{"switch": []}')

@@ -314,6 +314,30 @@ def test_dtx_timestamp_jump_without_sequence_gap_is_not_concealed() -> None:
     assert t.concealed_packets == 0 and t.discontinuities == 1
 
 
+def test_opus_dtx_sends_nothing_in_silence_and_marks_the_next_talkspurt() -> None:
+    """With DTX (the browser's ``usedtx=1``) silence from the switch is not sent as Opus;
+    the talkspurt after it starts with the marker bit, at the timestamp the time elapsed."""
+    silence = np.zeros(8000)
+    x = np.concatenate([tone_at("PCMU", 0.5), silence, tone_at("PCMU", 0.5)])
+    packets = send_stream("PCMU", x)  # 100 packets of 20 ms
+    t = transcoder("PCMU", "opus", opus_dtx=True, initial_ts=0, initial_seq=0)
+    out = run(t, packets)
+    assert t.dtx_frames > 25  # most of the 50 silent frames (libopus enters DTX after ~200 ms)
+    assert len(out) == 100 - t.dtx_frames
+    heads = [header(p) for p in out]
+    assert [h[2] for h in heads] == list(range(len(out)))  # no sequence gap (RFC 3550 §5.1)
+    resumed = next(i for i in range(1, len(heads)) if heads[i][3] - heads[i - 1][3] > 960)
+    assert heads[resumed][0] == 1  # marker: start of a talkspurt (RFC 3551 §4.1)
+    # The timestamp kept counting through the silence: every packet sits at 960 x its index.
+    assert all(h[3] % 960 == 0 for h in heads) and heads[-1][3] == 960 * 99
+    # The tone after the silence decodes as the tone.
+    tail = receive("opus", out[resumed + 5 :])
+    assert peak_frequency(tail, 48000) == pytest.approx(1000, abs=FREQ_TOLERANCE_HZ)
+    # Without DTX every frame is sent.
+    plain = transcoder("PCMU", "opus")
+    assert len(run(plain, packets)) == 100 and plain.dtx_frames == 0
+
+
 def test_loss_then_corrupt_packet_then_recovery() -> None:
     """A gap before a corrupt Opus packet: the gap is filled (silence: the corrupt packet
     has no usable FEC), the corrupt packet counts as lost and is concealed in turn."""

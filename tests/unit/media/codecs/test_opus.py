@@ -153,6 +153,49 @@ def test_dtx_shrinks_silence_packets() -> None:
     assert min(sizes) <= 2  # RFC 6716 DTX: TOC-only packets during silence
 
 
+def test_cbr_keeps_every_packet_the_same_size() -> None:
+    x = to_pcm(speech_like(8000, 1.0))
+    sizes = {}
+    for cbr in (False, True):
+        enc = opus.OpusEncoder(pcm_rate=8000, bitrate=20000, cbr=cbr, fec=False)
+        sizes[cbr] = {len(enc.encode(x[i : i + 320])) for i in range(0, len(x) - 319, 320)}
+    assert len(sizes[False]) > 1  # VBR follows the signal
+    assert sizes[True] == {50}  # 20 kbit/s x 20 ms = 50 bytes, every packet (RFC 7587 §3.1.2)
+
+
+@pytest.mark.parametrize(
+    ("fmtp", "expected"),
+    [
+        (None, {"fec": False, "dtx": False, "cbr": False}),
+        # RFC 7587 §6.1: useinbandfec absent means 0.
+        ("minptime=10", {"fec": False, "dtx": False, "cbr": False}),
+        ("minptime=10;useinbandfec=1", {"fec": True, "dtx": False, "cbr": False}),
+        (
+            "useinbandfec=1; usedtx=1;cbr=1;maxaveragebitrate=24000;maxplaybackrate=16000",
+            {"fec": True, "dtx": True, "cbr": True, "max_bitrate": 24000,
+             "max_bandwidth": "wideband"},
+        ),
+        ("maxaveragebitrate=1000;maxplaybackrate=8000",
+         {"fec": False, "dtx": False, "cbr": False, "max_bitrate": 6000,
+          "max_bandwidth": "narrowband"}),
+        ("maxaveragebitrate=9999999;maxplaybackrate=48000;stereo=1",
+         {"fec": False, "dtx": False, "cbr": False, "max_bitrate": 510000,
+          "max_bandwidth": "fullband"}),
+        # Malformed values and unknown parameters are ignored, never raised.
+        ("useinbandfec=yes;maxaveragebitrate=-5;maxplaybackrate=x;junk;=;a=b=c",
+         {"fec": False, "dtx": False, "cbr": False}),
+    ],
+)  # fmt: skip
+def test_encoder_options_from_the_receivers_fmtp(
+    fmtp: str | None, expected: dict[str, object]
+) -> None:
+    options = opus.encoder_options_from_fmtp(fmtp)
+    assert options == expected
+    cap = options.pop("max_bitrate", None)  # a cap for the caller, not an encoder setting
+    enc = opus.OpusEncoder(pcm_rate=8000, bitrate=cap, **options)  # libopus takes them all
+    assert (enc.fec, enc.dtx, enc.cbr) == (expected["fec"], expected["dtx"], expected["cbr"])
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
