@@ -149,6 +149,7 @@ class Gateway:
             if cfg.websocket.idle_timeout
             else None,
             media=cfg.media.enabled,
+            dtmf_info_to_rfc4733=cfg.media.dtmf_info_to_rfc4733,
         )
         self.proxy = Proxy(settings, pool, FlowTable(FlowTokenSigner(secret)))
         self.runner = ProxyRunner(self.proxy, sip_trace=cfg.log.sip_trace)

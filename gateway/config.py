@@ -260,6 +260,10 @@ class MediaConfig:
     """0: media in the main process; N: N worker processes; -1: one per CPU core."""
     timeout: float = 60.0
     """Seconds without RTP from a peer meant to send before the call is ended."""
+    dtmf_info_to_rfc4733: bool = False
+    """Answer a browser's DTMF SIP INFO (application/dtmf-relay, application/dtmf) at the
+    gateway and send the digit as RFC 4733 telephone-events in the RTP toward the switch;
+    relayed as INFO when the switch leg has no telephone-event/8000."""
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -1060,6 +1064,7 @@ def _build(loader: _Loader) -> Config | None:
         control_allow_remote=g(md, "control_allow_remote", False, lambda v, n: v),
         workers=g(md, "workers", -1, _media_workers),
         timeout=g(md, "timeout", 60.0, _positive("seconds")),
+        dtmf_info_to_rfc4733=g(md, "dtmf_info_to_rfc4733", False, lambda v, n: v),
     )
     cd = "codecs"
     codecs = CodecsConfig(

@@ -57,6 +57,12 @@ MEDIA_MODES_CHOSEN = Counter(
     "by mode and codec (PCMU, opus<->G729...)",
     ["mode", "codec"],
 )
+DTMF_INFO = Counter(
+    "gateway_dtmf_info_total",
+    "Browser DTMF INFO requests: converted to RFC 4733 toward the switch or relayed as INFO "
+    "because the conversion was not possible (media.dtmf_info_to_rfc4733)",
+    ["outcome"],
+)
 UPSTREAM_UP = Gauge("gateway_upstream_up", "1 if the upstream server is healthy", ["server"])
 UPSTREAM_FAILOVERS = Counter(
     "gateway_upstream_failovers_total", "Requests moved to the next upstream server"

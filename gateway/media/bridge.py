@@ -24,6 +24,16 @@ A new SDP address/port (:meth:`Bridge.set_rtp_remote`, PITFALLS 9) clears the la
 latches to the latest valid RTCP source whose IP is the latched RTP IP (or any IP before
 RTP latched).
 
+RTCP (DESIGN "Media"): in passthrough the peers' RTCP is forwarded with SSRCs mapped
+(:func:`gateway.media.rtp.map_rtcp`). When a transcoder is set on either pipeline the two
+legs carry different streams (own SSRC, sequence and timestamps, another clock), so RTCP is
+terminated per leg instead, as rtpengine does: what arrives is read for statistics and not
+forwarded, and :meth:`Bridge.tick` sends our own SR/RR + SDES CNAME on each leg when due
+(:class:`gateway.media.rtcp.LegRtcp`): SRTCP to the browser, plain RTCP to the switch. Both
+modes keep per-leg RTCP statistics (loss, jitter, round-trip time), in :meth:`Bridge.stats`.
+With rtcp-mux on the RTP leg (RTCP port = RTP port) RTCP to the switch leaves from the RTP
+socket to the RTP destination (RFC 5761 §4), otherwise from the RTCP socket (port + 1).
+
 Media timeout: a leg whose peer is meant to send (sendrecv/sendonly) and whose RTP packet
 counter has not moved for ``timeout`` seconds reports once (:meth:`Bridge.tick` returns the
 leg name); a direction change restarts the clock.
@@ -31,6 +41,7 @@ leg name); a direction change restarts the clock.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Protocol
 
@@ -38,7 +49,10 @@ import pylibsrtp
 
 from gateway.media.demux import CLASSIFY, KIND_DTLS, KIND_RTP, KIND_STUN
 from gateway.media.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from gateway.media.dtmf_send import DtmfSender
 from gateway.media.ice import IceLiteAgent
+from gateway.media.rtcp import LegRtcp, RtcpError, RtcpPacket, SenderReport, SenderStats
+from gateway.media.rtcp import parse as parse_rtcp
 from gateway.media.rtp import (
     RTP_HEADER_SIZE,
     StreamRewriter,
@@ -83,6 +97,16 @@ class Transcoder(Protocol):
     packets for the outgoing leg (its own SSRC/seq/ts numbering and payload types); the
     outgoing direction's rewriter then maps SSRC/seq/ts like any passthrough packet.
     """
+
+    @property
+    def in_clock(self) -> int:
+        """RTP clock rate of the incoming leg's codec."""
+        ...
+
+    @property
+    def out_clock(self) -> int:
+        """RTP clock rate of the outgoing leg's codec."""
+        ...
 
     def transcode(self, packet: bytes, now: float) -> list[bytes]:
         """Packets to forward for ``packet`` (empty while buffering)."""
@@ -156,7 +180,10 @@ class Bridge:
         send_rtcp: Send,
         timeout: float,
         now: float,
+        cname: str = "",
     ) -> None:
+        """``cname`` is the SDES CNAME of our RTCP reports (RFC 3550 §6.5.1); by default a
+        random 96-bit one per call (RFC 7022 §4.2)."""
         self.certificate = certificate
         self.ice = IceLiteAgent(local_ufrag=ice_ufrag, local_pwd=ice_pwd)
         self.dtls: DtlsEndpoint | None = None
@@ -175,6 +202,17 @@ class Bridge:
         self.transcoder_to_webrtc: Transcoder | None = None
         self.w = LegCounters()
         self.r = LegCounters()
+        self.dtmf_to_rtp: DtmfSender | None = None
+        """Telephone-events the gateway itself sends to the switch (SIP INFO interworking)."""
+        # RTCP per leg: statistics both modes, our reports when transcoding.
+        self.rtcp_w = LegRtcp()
+        self.rtcp_r = LegRtcp()
+        self.cname = (cname or secrets.token_urlsafe(12)).encode()
+        self.wallclock_offset = 0.0
+        """UNIX time minus ``now``, from :meth:`tick`'s ``wallclock`` (NTP timestamps)."""
+        # Bound once for the per-packet path.
+        self._w_rtp_stats = self.rtcp_w.receiver.on_rtp
+        self._r_rtp_stats = self.rtcp_r.receiver.on_rtp
         self._send_webrtc = send_webrtc
         self._send_rtp = send_rtp
         self._send_rtcp = send_rtcp
@@ -183,6 +221,8 @@ class Bridge:
         self.rtcp_remote: Addr | None = None
         self.rtp_latched: Addr | None = None
         self.rtcp_latched: Addr | None = None
+        self.rtcp_mux = False
+        """The switch multiplexes RTCP on the RTP port (RFC 5761)."""
         self.rtp_last_rx = 0.0
         self.relatches = 0
         # Directions (remote peers' SDP attributes).
@@ -259,6 +299,7 @@ class Bridge:
             self.rtp_latched = None
             self.rtcp_latched = None
         self.rtp_remote = new
+        self.rtcp_mux = rtcp_port == port
         if new is None:
             self.rtcp_remote = None
         else:
@@ -273,13 +314,37 @@ class Bridge:
         self.to_webrtc.pt_map = pt_map_from_dict(to_webrtc)
 
     def set_transcoder(self, direction: str, transcoder: Transcoder | None) -> None:
-        """Put a transcoder on ``to_rtp`` or ``to_webrtc`` (None: back to passthrough)."""
+        """Put a transcoder on ``to_rtp`` or ``to_webrtc`` (None: back to passthrough).
+
+        With a transcoder on either pipeline RTCP is terminated per leg (module docstring);
+        the transcoder's clocks become the legs' RTP clocks.
+        """
         if direction == "to_rtp":
             self.transcoder_to_rtp = transcoder
+            if transcoder is not None:
+                self.rtcp_w.set_clock(transcoder.in_clock)
+                self.rtcp_r.set_clock(transcoder.out_clock)
         elif direction == "to_webrtc":
             self.transcoder_to_webrtc = transcoder
+            if transcoder is not None:
+                self.rtcp_r.set_clock(transcoder.in_clock)
+                self.rtcp_w.set_clock(transcoder.out_clock)
         else:
             raise ValueError(f"invalid pipeline {direction!r}")
+
+    def set_clock_rates(self, *, webrtc: int, rtp: int) -> None:
+        """RTP clock rates of the legs' codecs, for jitter (passthrough: the shared codec's).
+
+        Unset, a leg's clock comes from the first payload type it receives (static types
+        from RFC 3551, dynamic ones taken as Opus at 48 000); a transcoder sets them too.
+        """
+        self.rtcp_w.set_clock(webrtc)
+        self.rtcp_r.set_clock(rtp)
+
+    @property
+    def rtcp_terminated(self) -> bool:
+        """RTCP is terminated per leg (a pipeline is transcoded), not forwarded."""
+        return self.transcoder_to_rtp is not None or self.transcoder_to_webrtc is not None
 
     def set_direction(self, leg: str, direction: str, now: float) -> None:
         """Set a leg's remote SDP direction (hold/unhold) without touching DTLS.
@@ -333,7 +398,7 @@ class Bridge:
                 w.drop_not_ready += 1
                 return
             if 192 <= data[1] <= 223:
-                self._webrtc_rtcp(data, srtp)
+                self._webrtc_rtcp(data, srtp, now)
                 return
             try:
                 plain = srtp.unprotect(data)
@@ -342,6 +407,7 @@ class Bridge:
                 return
             w.rx_packets += 1
             w.rx_bytes += len(plain)
+            self._w_rtp_stats(plain, now)
             if not self.forward_to_rtp:
                 w.drop_direction += 1
                 return
@@ -351,15 +417,26 @@ class Bridge:
                 r.drop_no_destination += 1
                 return
             if self.transcoder_to_rtp is not None:
-                self._transcode(plain, self.transcoder_to_rtp, self.to_rtp, r, dest, None, now)
-                return
-            buf = bytearray(plain)
-            if not self.to_rtp.rewrite(buf):
-                w.drop_payload_type += 1
-                return
-            self._send_rtp(buf, dest)
-            r.tx_packets += 1
-            r.tx_bytes += len(buf)
+                self._transcode(
+                    plain,
+                    self.transcoder_to_rtp,
+                    self.to_rtp,
+                    r,
+                    self.rtcp_r.sender,
+                    dest,
+                    None,
+                    now,
+                )
+            else:
+                buf = bytearray(plain)
+                if not self.to_rtp.rewrite(buf):
+                    w.drop_payload_type += 1
+                    return
+                self._send_rtp(buf, dest)
+                r.tx_packets += 1
+                r.tx_bytes += len(buf)
+            if self.dtmf_to_rtp is not None:
+                self._send_dtmf(now)
         elif kind == KIND_STUN:
             response = self.ice.receive(data, addr, now)
             if response is not None:
@@ -384,24 +461,56 @@ class Bridge:
         else:
             self.w.drop_garbage += 1
 
-    def _webrtc_rtcp(self, data: bytes, srtp: SrtpPair) -> None:
+    def _webrtc_rtcp(self, data: bytes, srtp: SrtpPair, now: float) -> None:
         w = self.w
         try:
             plain = srtp.unprotect_rtcp(data)
         except (pylibsrtp.Error, ValueError):
             w.srtp_auth_failures += 1
             return
+        packets = self._read_rtcp(plain, self.rtcp_w, self.to_webrtc.out_ssrc, now)
+        if self.rtcp_terminated:
+            # Terminated: the browser's reports are about streams the switch never saw.
+            if packets is None:
+                w.drop_malformed += 1
+            else:
+                w.rx_rtcp += 1
+            return
         buf = bytearray(plain)
         if not map_rtcp(buf, self.to_rtp, self.to_webrtc):
             w.drop_malformed += 1
             return
         w.rx_rtcp += 1
-        dest = self.rtcp_latched or self.rtcp_remote
+        if self._rtcp_to_switch(buf):
+            _note_forwarded_srs(packets, self.rtcp_r, now)
+
+    def _read_rtcp(
+        self, plain: bytes, leg: LegRtcp, local_ssrc: int, now: float
+    ) -> list[RtcpPacket] | None:
+        """Parse a peer's RTCP into ``leg``'s statistics; None (counted) if malformed."""
+        try:
+            packets = parse_rtcp(plain)
+        except RtcpError:
+            leg.parse_errors += 1
+            return None
+        leg.receive(packets, local_ssrc, now)
+        return packets
+
+    def _rtcp_to_switch(self, buf: bytes | bytearray) -> bool:
+        """Send RTCP to the switch: the RTP socket and destination under rtcp-mux
+        (RFC 5761 §4), else the RTCP socket to the latched or SDP RTCP address."""
+        if self.rtcp_mux:
+            dest = self.rtp_latched or self.rtp_remote
+            send = self._send_rtp
+        else:
+            dest = self.rtcp_latched or self.rtcp_remote
+            send = self._send_rtcp
         if dest is None:
             self.r.drop_no_destination += 1
-            return
-        self._send_rtcp(buf, dest)
+            return False
+        send(buf, dest)
         self.r.tx_rtcp += 1
+        return True
 
     def _transcode(
         self,
@@ -409,6 +518,7 @@ class Bridge:
         transcoder: Transcoder,
         rewriter: StreamRewriter,
         out: LegCounters,
+        sender: SenderStats,
         dest: Addr,
         srtp: SrtpPair | None,
         now: float,
@@ -418,6 +528,7 @@ class Bridge:
             if len(buf) < RTP_HEADER_SIZE or not rewriter.rewrite(buf):
                 out.drop_payload_type += 1
                 continue
+            sender.on_sent(buf, now)
             if srtp is None:
                 self._send_rtp(buf, dest)
                 out.tx_bytes += len(buf)
@@ -448,6 +559,7 @@ class Bridge:
         self.rtp_last_rx = now
         r.rx_packets += 1
         r.rx_bytes += len(data)
+        self._r_rtp_stats(data, now)
         if not self.forward_to_webrtc:
             r.drop_direction += 1
             return
@@ -458,7 +570,16 @@ class Bridge:
             w.drop_not_ready += 1
             return
         if self.transcoder_to_webrtc is not None:
-            self._transcode(data, self.transcoder_to_webrtc, self.to_webrtc, w, dest, srtp, now)
+            self._transcode(
+                data,
+                self.transcoder_to_webrtc,
+                self.to_webrtc,
+                w,
+                self.rtcp_w.sender,
+                dest,
+                srtp,
+                now,
+            )
             return
         buf = bytearray(data)
         if not self.to_webrtc.rewrite(buf):
@@ -474,7 +595,11 @@ class Bridge:
         w.tx_bytes += len(protected)
 
     def rtcp_received(self, data: bytes, addr: Addr, now: float) -> None:
-        """One datagram on the RTCP port (port + 1): map SSRCs, protect, send to the browser."""
+        """One datagram on the RTCP port (port + 1), or RTCP muxed on the RTP port.
+
+        Passthrough: map SSRCs, protect, send to the browser. Terminated (transcoding):
+        read for statistics only.
+        """
         r = self.r
         if len(data) < MIN_RTCP_SIZE or data[0] & 0xC0 != 0x80:
             r.drop_malformed += 1
@@ -482,6 +607,14 @@ class Bridge:
         latched = self.rtp_latched
         if latched is not None and addr[0] != latched[0]:
             r.drop_source += 1
+            return
+        packets = self._read_rtcp(data, self.rtcp_r, self.to_rtp.out_ssrc, now)
+        if self.rtcp_terminated:
+            if packets is None:
+                r.drop_malformed += 1
+                return
+            self.rtcp_latched = addr
+            r.rx_rtcp += 1
             return
         buf = bytearray(data)
         if not map_rtcp(buf, self.to_webrtc, self.to_rtp):
@@ -501,6 +634,7 @@ class Bridge:
             return
         self._send_webrtc(protected, dest)
         self.w.tx_rtcp += 1
+        _note_forwarded_srs(packets, self.rtcp_w, now)
 
     # ------------------------------------------------------------------ timers
 
@@ -508,8 +642,11 @@ class Bridge:
         """Next DTLS retransmission deadline, if any."""
         return None if self.dtls is None else self.dtls.get_timer()
 
-    def tick(self, now: float) -> str:
-        """Run DTLS timers and the media-timeout check.
+    def tick(self, now: float, wallclock: float | None = None) -> str:
+        """Run DTLS timers, our RTCP reports when terminating RTCP, and the media timeout.
+
+        ``wallclock`` is the UNIX time at ``now``, for the NTP timestamps of our SRs; the
+        last one given is kept (without any, NTP timestamps count from ``now``'s epoch).
 
         Returns:
             The leg name (``"webrtc"`` or ``"rtp"``) the first time that leg's peer, meant to
@@ -521,6 +658,12 @@ class Bridge:
             dest = self.ice.selected
             if dest is not None:
                 self._dtls_flush(dest)
+        if wallclock is not None:
+            self.wallclock_offset = wallclock - now
+        if self.transcoder_to_rtp is not None or self.transcoder_to_webrtc is not None:
+            self._send_reports(now)
+        if self.dtmf_to_rtp is not None:
+            self._send_dtmf(now)
         if self.timed_out:
             return ""
         for leg, counters in ((LEG_WEBRTC, self.w), (LEG_RTP, self.r)):
@@ -533,6 +676,63 @@ class Bridge:
                 self.timed_out = leg
                 return leg
         return ""
+
+    def play_dtmf(self, code: int, duration_ms: int, payload_type: int, now: float) -> None:
+        """Queue one RFC 4733 event toward the switch (``payload_type``: its te/8000).
+
+        The packets go out in the switch leg's stream (its SSRC and sequence space), one
+        per 20 ms, interleaved with the audio; the first leaves at once if nothing plays.
+
+        Raises:
+            ValueError: not a DTMF event, a bad payload type or too many digits queued.
+        """
+        sender = self.dtmf_to_rtp
+        if sender is None or sender.payload_type != payload_type:
+            if sender is not None and sender.busy:
+                raise ValueError("telephone-event payload type changed while digits play")
+            sender = self.dtmf_to_rtp = DtmfSender(clock=8000, payload_type=payload_type)
+        sender.queue(code, duration_ms)
+        self._send_dtmf(now)
+
+    def _send_dtmf(self, now: float) -> None:
+        """Send the gateway's own telephone-event packets now due toward the switch."""
+        sender = self.dtmf_to_rtp
+        if sender is None or not sender.busy:
+            return
+        dest = self.rtp_latched or self.rtp_remote
+        if dest is None or not self.forward_to_rtp:
+            # Held or nowhere to send: the digits wait (bounded by the sender's queue).
+            return
+        r = self.r
+        for packet in sender.poll(now, self.to_rtp):
+            self._send_rtp(packet, dest)
+            r.tx_packets += 1
+            r.tx_bytes += len(packet)
+
+    def _send_reports(self, now: float) -> None:
+        """Our SR/RR + SDES on each leg whose report is due (RFC 3550 §6.1-6.4)."""
+        wallclock = now + self.wallclock_offset
+        leg = self.rtcp_w
+        srtp = self.srtp
+        dest = self.ice.selected
+        # Not before SRTP is up: the report stays due until it is.
+        if srtp is not None and dest is not None and leg.due(now):
+            report = leg.make_report(
+                ssrc=self.to_webrtc.out_ssrc, cname=self.cname, now=now, wallclock=wallclock
+            )
+            try:
+                protected = srtp.protect_rtcp(report)
+            except (pylibsrtp.Error, ValueError):
+                self.w.drop_malformed += 1
+            else:
+                self._send_webrtc(protected, dest)
+                self.w.tx_rtcp += 1
+        leg = self.rtcp_r
+        if leg.due(now):
+            report = leg.make_report(
+                ssrc=self.to_rtp.out_ssrc, cname=self.cname, now=now, wallclock=wallclock
+            )
+            self._rtcp_to_switch(report)
 
     def close(self) -> None:
         """Send DTLS close_notify to the browser; idempotent."""
@@ -561,6 +761,7 @@ class Bridge:
                 "stun_malformed": ice.malformed,
                 "stun_role_conflicts": ice.role_conflicts,
                 "direction": self.direction[LEG_WEBRTC],
+                "rtcp": self.rtcp_w.stats(),
             },
             "rtp": {
                 **self.r.as_dict(),
@@ -571,6 +772,16 @@ class Bridge:
                 "relatches": self.relatches,
                 "ssrc_changes_in": self.to_webrtc.ssrc_changes,
                 "direction": self.direction[LEG_RTP],
+                "rtcp_mux": self.rtcp_mux,
+                "rtcp": self.rtcp_r.stats(),
             },
+            "rtcp_terminated": self.rtcp_terminated,
             "timed_out": self.timed_out,
         }
+
+
+def _note_forwarded_srs(packets: list[RtcpPacket] | None, leg: LegRtcp, now: float) -> None:
+    """Remember the SRs forwarded onto ``leg`` so the peer's LSR/DLSR gives its RTT."""
+    for packet in packets or ():
+        if isinstance(packet, SenderReport):
+            leg.sender_report_sent(packet.ntp_timestamp, now)

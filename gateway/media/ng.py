@@ -32,6 +32,11 @@ Commands (:class:`NgCommands`):
 ``list`` / ``statistics``
     Call-ids (``limit``, default 32) / rtpengine-style ``statistics`` plus ``media``
     (sessions and ports in use).
+``play DTMF`` (``call-id``, ``from-tag``, ``code`` [, ``duration`` ms])
+    As rtpengine: the ``from-tag`` names the participant *generating* the digit. Here that
+    must be the browser: the digit (``0``-``9``, ``*``, ``#``, ``A``-``D`` or 0-15) is sent
+    as RFC 4733 telephone-events in the RTP toward the switch (the gateway's SIP INFO to
+    RFC 4733 conversion). An error when the switch leg has no telephone-event/8000.
 
 Keys are matched case-insensitively with ``-``, ``_`` and space equivalent
 (``transport-protocol`` = ``transport protocol``). Supported offer keys: ``ICE``
@@ -72,6 +77,7 @@ from typing import Protocol
 
 from gateway.media.codecs import CodecError
 from gateway.media.codecs.opus import NARROWBAND_FEC_BITRATE, encoder_options_from_fmtp
+from gateway.media.dtmf_send import DEFAULT_DURATION_MS, event_code
 from gateway.media.ports import PortsExhausted
 from gateway.media.transcode import RtpTranscoder, make_transcoder, pairs
 from gateway.sdp.errors import SdpError
@@ -451,6 +457,9 @@ class NgSession(Protocol):
     def set_payload_map(self, *, to_rtp: dict[int, int], to_webrtc: dict[int, int]) -> None: ...
     def set_direction(self, leg: str, direction: str) -> None: ...
     def set_transcoder(self, pipeline: str, transcoder: RtpTranscoder | None) -> None: ...
+    def play_dtmf(self, code: int, duration_ms: int, payload_type: int) -> None:
+        """Queue one RFC 4733 event toward the switch (``payload_type``: its te/8000)."""
+        ...
 
 
 class NgBackend(Protocol):
@@ -784,6 +793,8 @@ class _Mode:
     rtp: Codec
     webrtc_event: Codec | None = None
     rtp_event: Codec | None = None
+    switch_event: Codec | None = None
+    """The switch's telephone-event/8000 whether or not events are relayed (``play DTMF``)."""
     webrtc_ptime: int = DEFAULT_PTIME_MS
     rtp_ptime: int = DEFAULT_PTIME_MS
 
@@ -1200,6 +1211,40 @@ class NgCommands:
         call.last_answer = (text, reply)
         return reply
 
+    def _play_dtmf(self, body: dict[str, object], now: float) -> dict[str, object]:
+        call = self._calls.get(_required(body, "call-id"))
+        if call is None:
+            raise _CommandError("Unknown call-id")
+        from_tag = _required(body, "from-tag")
+        if call.tags.get(WEBRTC) != from_tag:
+            raise _CommandError(
+                "play DTMF is supported from the browser's tag only (toward the switch)"
+            )
+        mode = call.mode
+        if not call.answered or mode is None:
+            raise _CommandError("play DTMF before the call's media is negotiated")
+        event_type = mode.switch_event
+        if event_type is None or event_type.pt is None:
+            raise _CommandError("the switch leg has no telephone-event/8000")
+        code = next((v for k, v in body.items() if _norm(k) == "code"), None)
+        duration = next((v for k, v in body.items() if _norm(k) == "duration"), None)
+        if duration is None:
+            duration = DEFAULT_DURATION_MS
+        if isinstance(duration, str) and duration.isdigit():
+            duration = int(duration)
+        if not isinstance(duration, int) or isinstance(duration, bool):
+            raise _CommandError("'duration' must be an integer (milliseconds)")
+        if isinstance(code, str) and code.isdigit() and len(code) > 1:
+            code = int(code)  # "10" is the event number of *, not a digit
+        if not isinstance(code, str | int) or isinstance(code, bool):
+            raise _CommandError("'code' must be a DTMF digit or event number")
+        try:
+            event = event_code(code)
+        except ValueError as exc:
+            raise _CommandError(str(exc)) from None
+        call.session.play_dtmf(event, duration, event_type.pt)
+        return {"result": "ok"}
+
     def _delete(self, body: dict[str, object], now: float) -> dict[str, object]:
         call_id = _required(body, "call-id")
         from_tag = _optional(body, "from-tag")
@@ -1266,6 +1311,7 @@ class NgCommands:
         "query": _query,
         "list": _list,
         "statistics": _statistics,
+        "play dtmf": _play_dtmf,
     }
 
     # ---------------------------------------------------------------- helpers
@@ -1309,7 +1355,8 @@ class NgCommands:
         match = next((c for c in offer.codecs if c.same_format(chosen)), None)
         if match is not None or self.codecs is None:
             shared = match or chosen
-            return _Mode("passthrough", shared, shared)
+            # The switch's own telephone-event: what "play DTMF" injects toward it.
+            return _Mode("passthrough", shared, shared, switch_event=_event(switch.codecs, 8000))
         if not any(chosen.same_format(c) for c in offered.added):
             # The answerer picked a codec nobody offered (RFC 3264 §6.1 forbids it).
             raise _CommandError(f"the answer's codec {chosen.name}/{chosen.clock} was not offered")
@@ -1317,7 +1364,7 @@ class NgCommands:
         if partner is None:
             raise _CommandError(f"no offered codec can be transcoded to {chosen.name}")
         web, rtp = (partner, chosen) if answered_by == PLAIN else (chosen, partner)
-        rtp_event = _event(switch.codecs, 8000)
+        rtp_event = switch_event = _event(switch.codecs, 8000)
         web_event = _event(browser.codecs, web.clock)
         if rtp_event is None or web_event is None:
             rtp_event = web_event = None  # RFC 4733 events need both legs to carry them
@@ -1329,6 +1376,7 @@ class NgCommands:
             rtp_event=rtp_event,
             webrtc_ptime=_ptime(browser.ptime, web),
             rtp_ptime=_ptime(switch.ptime, rtp),
+            switch_event=switch_event,
         )
 
     def _apply_mode(self, call: _Call, mode: _Mode | None) -> None:
@@ -1504,7 +1552,9 @@ class NgCommands:
             "duration": round(max(0.0, now - call.created), 3),
             "ended_by": reason,
             "timed_out_leg": str(raw.get("timed_out") or ""),
-            "legs": _plain_value(legs),
+            # Counters and the RTCP figures as they are: JSON keeps the floats (ms) and
+            # None (not known) that bencode (_plain_value) cannot.
+            "legs": legs,
             "transcode": {pipe: t.stats() for pipe, t in call.transcoders.items()},
         }
 

@@ -50,6 +50,7 @@ from gateway.sip.transaction import (
 from gateway.sip.uri import SipURI
 
 from .dialogs import Dialog, DialogTable
+from .dtmf_info import parse_dtmf_info
 from .flow import Flow, FlowTable
 from .upstream import PoolMember, UpstreamPool
 
@@ -163,6 +164,9 @@ class ProxySettings:
     """Seconds advertised in Flow-Timer on outbound REGISTER 200s (RFC 5626 §4.4.1)."""
     media: bool = False
     """Anchor media: rewrite every SDP through the media layer (MediaCommand)."""
+    dtmf_info_to_rfc4733: bool = False
+    """With media: answer a browser's DTMF INFO here and have the media layer send the digit
+    as RFC 4733 telephone-events toward the switch (relayed as INFO when it cannot)."""
 
 
 # ------------------------------------------------------------------ contexts
@@ -398,9 +402,22 @@ class Proxy:
                 if fwd.method == "BYE":
                     self.dialogs.remove(dialog)
                     self._note("dialog_ended", "bye_from_browser")
+                if fwd.method == "INFO" and self._dtmf_info(
+                    sctx,
+                    flow.flow_id,
+                    lambda now: self._relay_from_flow(sctx, fwd, member, now),
+                    now,
+                ):
+                    return
+        self._relay_from_flow(sctx, fwd, member, now)
+
+    def _relay_from_flow(self, sctx: _Server, fwd: Request, member: PoolMember, now: float) -> None:
+        """Forward a browser's request toward ``member`` (through the media layer if it
+        carries SDP); the tail of :meth:`_request_from_flow`."""
+        assert sctx.from_flow is not None
         if fwd.method == "BYE":
-            self._media_delete(fwd.call_id, flow.flow_id)
-        flow_id = flow.flow_id
+            self._media_delete(fwd.call_id, sctx.from_flow)
+        flow_id = sctx.from_flow
 
         def forward(ok: bool, now: float) -> None:
             if sctx.final_sent or self.flows.get(flow_id) is None:
@@ -904,6 +921,56 @@ class Proxy:
             extra = [("Session-Expires", expires), ("Require", "timer")]
         self._answer(sctx, 200, now, extra=extra)
         self._note("session_refresh_absorbed")
+        return True
+
+    def _dtmf_info(
+        self, sctx: _Server, flow_id: int, relay: Callable[[float], None], now: float
+    ) -> bool:
+        """Turn a browser's DTMF INFO into RFC 4733 toward the switch (PITFALLS 10).
+
+        SIP.js and JsSIP send DTMF as INFO by default; many switches and carriers only
+        act on RFC 4733 telephone-events. With ``dtmf_info_to_rfc4733`` the media layer
+        is asked to ``play DTMF`` into the call's RTP toward the switch and the gateway
+        answers the INFO 200 itself. When it cannot (no telephone-event on the switch
+        leg, media layer error), ``relay`` forwards the INFO unchanged: the digit is never
+        lost. Returns True when the request was taken over here.
+        """
+        req = sctx.request
+        if not (self.settings.media and self.settings.dtmf_info_to_rfc4733):
+            return False
+        call = self._media_call(req.call_id, flow_id)
+        if call not in self.media_calls:
+            return False
+        parsed = parse_dtmf_info(req.headers.get("Content-Type"), req.body)
+        if parsed is None:
+            return False
+        digit, duration = parsed
+        token = next(self._media_tokens)
+
+        def resume(reply: dict[str, object] | None, now: float) -> None:
+            if sctx.final_sent or self.flows.get(flow_id) is None:
+                return
+            if reply is not None and reply.get("result") == "ok":
+                self._answer(sctx, 200, now)
+                self._note("dtmf_info_converted", digit)
+                return
+            reason = reply.get("error-reason") if reply is not None else "no reply"
+            self._note("dtmf_info_relayed", str(reason))
+            relay(now)
+
+        self._media_waits[token] = resume
+        self._actions.append(
+            MediaCommand(
+                token,
+                {
+                    "command": "play DTMF",
+                    "call-id": call,
+                    "from-tag": req.from_tag or "",
+                    "code": digit,
+                    "duration": duration,
+                },
+            )
+        )
         return True
 
     # ----------------------------------------------------------- CANCEL

@@ -18,6 +18,7 @@ import logging
 import secrets
 import socket
 import string
+import time
 from collections.abc import Callable
 
 from gateway.media.bridge import DIRECTIONS, LEG_RTP, LEG_WEBRTC, Addr, Bridge, Transcoder
@@ -224,6 +225,10 @@ class MediaSession:
         """Plug a transcoder into ``"to_rtp"`` or ``"to_webrtc"`` (None = passthrough)."""
         self.bridge.set_transcoder(pipeline, transcoder)
 
+    def play_dtmf(self, code: int, duration_ms: int, payload_type: int) -> None:
+        """Send one RFC 4733 event toward the switch (``payload_type``: its te/8000)."""
+        self.bridge.play_dtmf(code, duration_ms, payload_type, self._loop.time())
+
     @property
     def stats(self) -> dict[str, object]:
         """Per-leg counters and state (see :meth:`gateway.media.bridge.Bridge.stats`)."""
@@ -232,7 +237,8 @@ class MediaSession:
         return out
 
     def _tick(self, now: float) -> None:
-        leg = self.bridge.tick(now)
+        # UNIX time for the NTP timestamps of our RTCP sender reports.
+        leg = self.bridge.tick(now, wallclock=time.time())
         if leg:
             log.info("x media timeout call=%s leg=%s", self.call_id, leg)
             self.timed_out.set()

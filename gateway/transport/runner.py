@@ -192,6 +192,12 @@ class ProxyRunner:
             log.warning("! media layer refused: %s", note.detail)
         elif kind == "session_refresh_absorbed":
             metrics.SESSION_REFRESH_ABSORBED.inc()
+        elif kind == "dtmf_info_converted":
+            metrics.DTMF_INFO.labels("converted").inc()
+            log.info("= DTMF INFO %s sent as RFC 4733 toward the switch", note.detail)
+        elif kind == "dtmf_info_relayed":
+            metrics.DTMF_INFO.labels("relayed").inc()
+            log.info("= DTMF INFO relayed as INFO: %s", note.detail)
         elif kind == "dialog_started":
             metrics.DIALOG_EVENTS.labels("started", note.detail).inc()
         elif kind == "dialog_ended":

@@ -14,7 +14,8 @@ above silence (the far end's tone).
 
 Codecs: the calls to a G.711 far end are passthrough (PCMU both legs), except the
 Opus-only browser (the page's ConnexCS-style codecDelete strips everything but Opus), whose
-call to a PCMU-only far end the gateway transcodes.
+calls to a PCMU-only far end the gateway transcodes, RFC 4733 DTMF included (Chromium sends
+telephone-event/48000 beside Opus, the far end must get telephone-event/8000).
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from typing import Any
 import pytest
 
 from gateway.sdp.model import parse as parse_sdp
+from gateway.transport.ng_client import NgClient
 from tests.helpers.browser import BrowserPhone
 from tests.helpers.gateway import GATEWAY_IP, GatewayProcess
 from tests.helpers.kamailio import KAMAILIO_IP, SIPP_IP, USERS, Kamailio
 from tests.helpers.kamailio import free_port as free_port_on
-from tests.helpers.rtp_far_end import RtpFarEnd
+from tests.helpers.rtp_far_end import ReceivedRtp, RtpFarEnd
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -62,6 +64,19 @@ HELD_PACKETS_MAX = 5
 """Packets the browser may still receive in a second of hold (ones already in flight)."""
 POLL_S = 0.25
 MEDIA_PORTS = 100
+DTMF_DURATION_MS = 100
+"""Tone length the page asks insertDTMF for (tests/clients/sipjs/phone.js, its default)."""
+SWITCH_CLOCK = 8000
+DTMF_DURATION_UNITS = DTMF_DURATION_MS * SWITCH_CLOCK // 1000
+"""100 ms at the far end's 8000 clock: 800 timestamp units (RFC 4733 §2.3.5)."""
+DTMF_DURATION_TOLERANCE = 160
+"""One 20 ms packet interval at 8000: Chromium rounds the tone to whole packets."""
+END_PACKETS = 3
+"""End-of-event packets per event, as Chromium (libwebrtc) sends them."""
+AFTER_DTMF_S = 1.2
+"""Wait after the last event so the last second of audio judged came after it."""
+#: RFC 4733 §3.2 event codes of the DTMF symbols.
+EVENT_CODES = {**{str(d): d for d in range(10)}, "*": 10, "#": 11}
 SESSION_TIMEOUT_S = 30.0
 
 
@@ -70,12 +85,22 @@ SESSION_TIMEOUT_S = 30.0
 
 @contextlib.asynccontextmanager
 async def running_gateway(
-    kamailio: Kamailio, workdir: Path, request: pytest.FixtureRequest, *, workers: int
+    kamailio: Kamailio,
+    workdir: Path,
+    request: pytest.FixtureRequest,
+    *,
+    workers: int,
+    extra: dict[str, dict[str, object]] | None = None,
 ) -> AsyncIterator[GatewayProcess]:
     """The gateway daemon with media anchored on 127.0.0.2; its log is printed on failure."""
     workdir.mkdir(parents=True, exist_ok=True)
     gw = GatewayProcess.with_media(
-        workdir, kamailio.uri("udp"), workers=workers, timeout=SESSION_TIMEOUT_S, ports=MEDIA_PORTS
+        workdir,
+        kamailio.uri("udp"),
+        workers=workers,
+        timeout=SESSION_TIMEOUT_S,
+        ports=MEDIA_PORTS,
+        extra=extra,
     )
     await gw.start()
     try:
@@ -240,6 +265,35 @@ def browser_offer_codecs(gateway_log: str) -> list[str]:
     assert found, "no WebRTC offer in the gateway's SIP trace (log.sip_trace)"
     by_pt = dict(re.findall(r"^a=rtpmap:(\d+) ([\w.-]+/\d+)", found.group(0), re.M))
     return [by_pt.get(pt, f"static/{pt}") for pt in found.group(0).split("\n")[0].split()[3:]]
+
+
+async def call_mode(gw: GatewayProcess) -> tuple[str, str]:
+    """(mode, codec) of the one call the gateway's media layer holds (NG list + query)."""
+    assert gw.control is not None
+    client = await NgClient.connect(*gw.control)
+    try:
+        listed = await client.request({"command": "list"})
+        calls = listed.get("calls")
+        assert isinstance(calls, list) and len(calls) == 1, listed
+        reply = await client.request({"command": "query", "call-id": calls[0]})
+    finally:
+        await client.close()
+    assert reply.get("result") == "ok", reply
+    return str(reply.get("mode")), str(reply.get("codec"))
+
+
+def event_packets(far: RtpFarEnd, payload_type: int) -> list[list[ReceivedRtp]]:
+    """The far end's received packets of ``payload_type`` grouped into RFC 4733 events, in
+    arrival order: a new event starts at a marker bit (RFC 4733 §2.5.1.1) or a new event
+    code."""
+    events: list[list[ReceivedRtp]] = []
+    for packet in far.rtp.packets:
+        if packet.payload_type != payload_type:
+            continue
+        if not events or packet.marker or packet.payload[0] != events[-1][-1].payload[0]:
+            events.append([])
+        events[-1].append(packet)
+    return events
 
 
 async def hang_up_from_browser(phone: BrowserPhone, far: RtpFarEnd) -> None:
@@ -506,5 +560,149 @@ async def test_opus_only_browser_to_g711_only_far_end_is_transcoded(
         names = re.findall(r"a=rtpmap:\d+ ([^/]+)/", invite)
         assert "opus" in names and not {"PCMU", "PCMA", "G722"} & set(names), names
         await hang_up_from_browser(phone, far)
+    finally:
+        await far.close()
+
+
+async def test_rfc4733_digits_from_an_opus_browser_through_the_transcoder(
+    gateway: GatewayProcess, phone: BrowserPhone, clean_bindings: None
+) -> None:
+    """An Opus-only Chromium calls a PCMU + telephone-event/8000 far end (transcoded) and
+    sends "0123456789*#" as RFC 4733 events at 48000: the far end gets every digit, in
+    order, on its telephone-event type at 8000, with an end bit and 100 ms durations in
+    8000-clock units; the browser's audio still reaches it afterwards."""
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event"))
+    await far.start()
+    try:
+        registered = await register(
+            phone, gateway.ws_url, "alice", codecDelete=["(?!opus|telephone-event).*"]
+        )
+        assert registered["event"] == "onRegistered", registered
+        await call_far_end(phone, far)
+        te_pt = far.telephone_event_payload_type
+        invite_sdp = far.received("INVITE")[0].body
+        assert te_pt is not None, offered_codecs(invite_sdp)
+        assert offered_codecs(invite_sdp)[te_pt] == "telephone-event/8000"
+        assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
+            BROWSER_TONE_HZ, abs=TOLERANCE_HZ
+        )
+        # Transcoded: Opus from the browser, PCMU to the far end, per the gateway itself.
+        assert await call_mode(gateway) == ("transcode", "opus<->PCMU")
+        stats = await phone.get_stats()
+        assert stats["codec"]["mimeType"].lower() == "audio/opus", stats
+        assert far.payload_types_seen == {0}
+
+        digits = "0123456789*#"
+        await phone.send_dtmf(digits, "rfc4733", durationMs=DTMF_DURATION_MS)
+        played = [await phone.wait_for("onDtmfSent", timeout=STEP_TIMEOUT_S) for _ in digits]
+        assert "".join(e["digit"] for e in played) == digits
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STEP_TIMEOUT_S
+        events = event_packets(far, te_pt)
+        while loop.time() < deadline and not (
+            len(events) >= len(digits) and any(p.payload[1] & 0x80 for p in events[-1])
+        ):
+            await asyncio.sleep(POLL_S)
+            events = event_packets(far, te_pt)
+
+        # Every digit, in order, with its RFC 4733 §3.2 code (0-9, * = 10, # = 11)...
+        codes = [e[0].payload[0] for e in events]
+        assert codes == [EVENT_CODES[d] for d in digits], (codes, far.payload_types_seen)
+        # ...only PCMU and the far end's telephone-event type on the switch leg...
+        assert far.payload_types_seen == {0, te_pt}
+        for event in events:
+            # ...one start timestamp per event (RFC 4733 §2.5.1.2, §2.3.5), marker first...
+            assert len({p.timestamp for p in event}) == 1, event
+            assert event[0].marker, event
+            # ...an end packet (E bit) whose duration is 100 ms at 8000 (4800 at 48000 ÷ 6).
+            ends = [p for p in event if p.payload[1] & 0x80]
+            assert ends, event
+            # Chromium sends the final packet three times (RFC 4733 §2.5.1.4): the gateway
+            # relays each as a packet of its own, none merged or dropped.
+            assert len(ends) == END_PACKETS, event
+            duration = int.from_bytes(ends[-1].payload[2:4], "big")
+            assert abs(duration - DTMF_DURATION_UNITS) <= DTMF_DURATION_TOLERANCE, event
+        # the far end's own fold agrees: twelve events, each ended
+        folded = far.rtp.telephone_events(te_pt)
+        assert "".join(e.symbol for e in folded) == digits, folded
+        assert all(e.end for e in folded), folded
+
+        # Audio carries on after the events: a second of PCMU that came after the last
+        # event packet, carrying the browser's tone.
+        last_event = max(p.time for e in events for p in e)
+        await asyncio.sleep(AFTER_DTMF_S)
+        after = [p for p in far.rtp.packets if p.payload_type == 0 and p.time > last_event]
+        assert len(after) >= PACKETS_PER_SECOND_MIN, len(after)
+        assert far.dominant_frequency(last_seconds=1.0) == pytest.approx(
+            BROWSER_TONE_HZ, abs=TOLERANCE_HZ
+        )
+        await hang_up_from_browser(phone, far)
+    finally:
+        await far.close()
+
+
+async def test_sip_info_digits_become_rfc4733_events_when_configured(
+    kamailio: Kamailio,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    phone: BrowserPhone,
+    clean_bindings: None,
+) -> None:
+    """With media.dtmf_info_to_rfc4733 on, SIP.js's default DTMF (one INFO
+    application/dtmf-relay per digit) on a transcoded call reaches the far end as RFC 4733
+    telephone-events at 8000 in the PCMU stream, not as INFO: the gateway answers each INFO
+    200 itself, the far end receives no INFO, every digit arrives in order with an end bit
+    and the duration the INFO asked for, and the audio stream carries on unbroken."""
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event"))
+    await far.start()
+    extra: dict[str, dict[str, object]] = {"media": {"dtmf_info_to_rfc4733": True}}
+    try:
+        async with running_gateway(
+            kamailio, tmp_path / "gateway", request, workers=0, extra=extra
+        ) as gateway:
+            registered = await register(
+                phone, gateway.ws_url, "alice", codecDelete=["(?!opus|telephone-event).*"]
+            )
+            assert registered["event"] == "onRegistered", registered
+            await call_far_end(phone, far)
+            te_pt = far.telephone_event_payload_type
+            assert te_pt is not None, offered_codecs(far.received("INVITE")[0].body)
+            assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
+                BROWSER_TONE_HZ, abs=TOLERANCE_HZ
+            )
+            assert await call_mode(gateway) == ("transcode", "opus<->PCMU")
+
+            digits = "147#"
+            await phone.send_dtmf(digits, "info", durationMs=DTMF_DURATION_MS)
+            sent = [await phone.wait_for("onDtmfSent", timeout=STEP_TIMEOUT_S) for _ in digits]
+            assert [(e["digit"], e["statusCode"]) for e in sent] == [(d, 200) for d in digits]
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + STEP_TIMEOUT_S
+            events = far.rtp.telephone_events(te_pt)
+            while loop.time() < deadline and not (
+                len(events) >= len(digits) and all(e.end for e in events)
+            ):
+                await asyncio.sleep(POLL_S)
+                events = far.rtp.telephone_events(te_pt)
+            assert "".join(e.symbol for e in events) == digits, (events, far.payload_types_seen)
+            assert all(e.end for e in events), events
+            for event in event_packets(far, te_pt):
+                assert event[0].marker and len({p.timestamp for p in event}) == 1, event
+                ends = [p for p in event if p.payload[1] & 0x80]
+                assert len(ends) == END_PACKETS, event
+                assert int.from_bytes(ends[-1].payload[2:4], "big") == DTMF_DURATION_UNITS
+            # The INFOs were answered by the gateway, not relayed.
+            assert far.dtmf_info_digits() == ""
+            assert far.received("INFO") == []
+            # One sequence space toward the far end: audio and events, no gap, no repeat.
+            seqs = [p.seq for p in far.rtp.packets if p.payload_type in (0, te_pt)]
+            steps = {(b - a) & 0xFFFF for a, b in zip(seqs, seqs[1:], strict=False)}
+            assert steps == {1}, sorted(steps)[:10]
+            assert await gateway.metric("gateway_dtmf_info_total", outcome="converted") == 4
+            assert await gateway.metric("gateway_dtmf_info_total", outcome="relayed") == 0
+            assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
+                BROWSER_TONE_HZ, abs=TOLERANCE_HZ
+            )
+            await hang_up_from_browser(phone, far)
     finally:
         await far.close()

@@ -12,7 +12,9 @@ sends a tone in 20 ms PCMU/PCMA packets (RFC 3551 §4.5.14), or G.729 (§4.5.6, 
 gateway/media/codecs/g729.py, when ``codecs`` names it) with one SSRC and running
 seq/timestamp, to the address in the peer's SDP and, once packets arrive, to their source
 (symmetric RTP, RFC 4961). Every RTP packet received is recorded and G.711 audio is
-decoded with gateway/media/codecs/g711.py's tables.
+decoded with gateway/media/codecs/g711.py's tables. DTMF digits can be sent as RFC 4733
+telephone-events in the same stream (:meth:`RtpFarEnd.send_dtmf`), in place of the audio
+packets while each event plays.
 
 SIP is sent over UDP with RFC 3261 §17 retransmissions (Timer A/E from T1, bounded by
 64*T1) so loss on loopback cannot hang a test; every message in and out is kept in
@@ -28,6 +30,7 @@ import secrets
 import socket
 import struct
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -50,6 +53,7 @@ __all__ = [
     "ReceivedRtp",
     "RtpFarEnd",
     "RtpStream",
+    "SentEvent",
     "TelephoneEvent",
     "build_sdp",
 ]
@@ -81,6 +85,16 @@ TRANSACTION_TIMEOUT_S = 64 * T1_S
 #: Default wait for one SIP event in the helper's own API, seconds.
 SIP_TIMEOUT_S = 10.0
 MAX_DATAGRAM = 65535
+#: RFC 4733 events sent by :meth:`RtpStream.send_events`, by default: 100 ms tones (800
+#: units at 8000, Chromium's insertDTMF default), a 60 ms audio gap between digits, volume
+#: 10 (-10 dBm0, RFC 4733 §2.3.4), the final packet sent three times (§2.5.1.4).
+DTMF_DURATION = 800
+DTMF_GAP_MS = 60
+DTMF_VOLUME = 10
+DTMF_END_PACKETS = 3
+#: Longest duration one event packet can carry (16 bits, RFC 4733 §2.3.5); the far end does
+#: not segment longer events (§2.5.2.3).
+MAX_EVENT_DURATION = 0xFFFF
 
 
 # --------------------------------------------------------------------------- SDP
@@ -200,6 +214,32 @@ class TelephoneEvent:
         return DTMF_SYMBOLS[self.code] if self.code < len(DTMF_SYMBOLS) else "?"
 
 
+@dataclass(frozen=True)
+class _EventTick:
+    """One telephone-event packet still to send (one 20 ms slot of the send loop)."""
+
+    code: int
+    volume: int
+    duration: int
+    end: bool
+    first: bool
+
+
+@dataclass(frozen=True)
+class SentEvent:
+    """One RFC 4733 event the far end started sending: its code and RTP start timestamp."""
+
+    code: int
+    timestamp: int
+    payload_type: int
+    duration: int
+
+    @property
+    def symbol(self) -> str:
+        """The DTMF symbol of the event code."""
+        return DTMF_SYMBOLS[self.code]
+
+
 def tone_pcm(frequency: float, start_sample: int, count: int) -> npt.NDArray[np.int16]:
     """``count`` samples of a sine at 8 kHz starting at ``start_sample``."""
     t = (np.arange(count) + start_sample) / 8000
@@ -272,6 +312,12 @@ class RtpStream:
         #: payload type -> codec name for decoding what arrives
         self.receive_map: dict[int, str] = {0: "PCMU", 8: "PCMA"}
         self.sending_enabled = True
+        #: telephone-event payload type for :meth:`send_events` (set from the SDP)
+        self.event_pt: int | None = None
+        #: every RFC 4733 event started, in order
+        self.events_sent: list[SentEvent] = []
+        self._script: deque[_EventTick | None] = deque()
+        self._event_ts = 0
         self.ssrc = random.getrandbits(32)
         self.seq = random.getrandbits(16)
         self.timestamp = random.getrandbits(32)
@@ -279,6 +325,8 @@ class RtpStream:
         self.packets_received = 0
         self.packets_sent = 0
         self.rtcp_received = 0
+        #: RTCP datagrams received (either port): arrival time (monotonic), source, bytes
+        self.rtcp_packets: list[tuple[float, tuple[str, int], bytes]] = []
         self.malformed = 0
         self._rtp: asyncio.DatagramTransport | None = None
         self._rtcp: asyncio.DatagramTransport | None = None
@@ -319,7 +367,7 @@ class RtpStream:
             self.malformed += 1
             return
         if 192 <= data[1] <= 223:  # RTCP on the RTP port (rtcp-mux, RFC 5761 §4)
-            self.rtcp_received += 1
+            self._on_rtcp(data, addr)
             return
         first, second, seq, ts, ssrc = RTP_HEADER.unpack_from(data)
         offset = RTP_HEADER.size + 4 * (first & 0x0F)
@@ -354,6 +402,13 @@ class RtpStream:
 
     def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
         self.rtcp_received += 1
+        if len(self.rtcp_packets) < MAX_RECORDED_PACKETS:
+            self.rtcp_packets.append((time.monotonic(), addr, data))
+
+    def send_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Send one RTCP datagram from the RTCP port (port + 1) to ``addr``."""
+        assert self._rtcp is not None, "stream not open"
+        self._rtcp.sendto(data, addr)
 
     # -------------------------------------------------------------- sending
 
@@ -363,6 +418,76 @@ class RtpStream:
         if self.symmetric and self.latched is not None:
             return self.latched
         return self.remote
+
+    def send_events(
+        self,
+        symbols: str,
+        *,
+        duration: int = DTMF_DURATION,
+        volume: int = DTMF_VOLUME,
+        gap_ms: int = DTMF_GAP_MS,
+    ) -> None:
+        """Queue DTMF ``symbols`` as RFC 4733 events in this stream (payload type
+        :attr:`event_pt`), sent from the next 20 ms slot on in place of audio.
+
+        Per event (RFC 4733 §2.5.1): the first packet has the marker bit (§2.5.1.1), every
+        packet carries the event's start timestamp and the duration so far (§2.3.5), one
+        update per 20 ms (§2.5.1.2); the packet reaching ``duration`` has the E bit and is
+        sent three times in all (§2.5.1.4). Every packet takes the next sequence number (RFC
+        3550 §5.1) and the RTP clock keeps running, so the audio after an event continues at
+        the time it would have had. ``gap_ms`` of audio separates two events.
+
+        Raises:
+            ValueError: a symbol outside 0-9 * # A-D, or ``duration``/``volume`` out of range.
+        """
+        if not 0 < duration <= MAX_EVENT_DURATION:
+            raise ValueError(f"duration {duration} outside 1..{MAX_EVENT_DURATION}")
+        if not 0 <= volume <= 63:  # RFC 4733 §2.3.4
+            raise ValueError(f"volume {volume} outside 0..63")
+        for symbol in symbols.upper():
+            code = DTMF_SYMBOLS.find(symbol)
+            if code < 0:
+                raise ValueError(f"not a DTMF symbol: {symbol!r}")
+            updates = -(-duration // SAMPLES_PER_PACKET)  # ceil: the last one reaches it
+            for k in range(1, updates + 1):
+                self._script.append(
+                    _EventTick(
+                        code,
+                        volume,
+                        min(k * SAMPLES_PER_PACKET, duration),
+                        end=k == updates,
+                        first=k == 1,
+                    )
+                )
+            for _ in range(DTMF_END_PACKETS - 1):
+                self._script.append(_EventTick(code, volume, duration, end=True, first=False))
+            self._script.extend([None] * (gap_ms // PACKET_MS))
+
+    @property
+    def events_pending(self) -> int:
+        """Event packets and gap slots still to send."""
+        return len(self._script)
+
+    def _event_packet(self, tick: _EventTick) -> bytes:
+        """The RTP packet for one event tick (its header uses the running seq)."""
+        assert self.event_pt is not None
+        if tick.first:
+            self._event_ts = self.timestamp & 0xFFFFFFFF
+            self.events_sent.append(SentEvent(tick.code, self._event_ts, self.event_pt, 0))
+        if tick.end:
+            last = self.events_sent[-1]
+            self.events_sent[-1] = SentEvent(
+                last.code, last.timestamp, last.payload_type, tick.duration
+            )
+        header = RTP_HEADER.pack(
+            0x80,
+            (0x80 if tick.first else 0) | self.event_pt,
+            self.seq & 0xFFFF,
+            self._event_ts,
+            self.ssrc,
+        )
+        flags = (0x80 if tick.end else 0) | tick.volume
+        return header + TELEPHONE_EVENT.pack(tick.code, flags, tick.duration)
 
     def start(self, remote: tuple[str, int] | None = None) -> None:
         """Start (or keep) sending the tone; ``remote`` updates the SDP address."""
@@ -380,15 +505,19 @@ class RtpStream:
             destination = self.destination
             name, pt = self.send_codec
             if self.sending_enabled and destination is not None and destination[1] != 0:
-                header = RTP_HEADER.pack(
-                    0x80,
-                    (0x80 if marker else 0) | pt,
-                    self.seq & 0xFFFF,
-                    self.timestamp & 0xFFFFFFFF,
-                    self.ssrc,
-                )
-                pcm = tone_pcm(self.tone_hz, n * SAMPLES_PER_PACKET, SAMPLES_PER_PACKET)
-                self._rtp.sendto(header + self._encode(name, pcm), destination)
+                tick = self._script.popleft() if self._script else None
+                if tick is not None and self.event_pt is not None:
+                    self._rtp.sendto(self._event_packet(tick), destination)
+                else:
+                    header = RTP_HEADER.pack(
+                        0x80,
+                        (0x80 if marker else 0) | pt,
+                        self.seq & 0xFFFF,
+                        self.timestamp & 0xFFFFFFFF,
+                        self.ssrc,
+                    )
+                    pcm = tone_pcm(self.tone_hz, n * SAMPLES_PER_PACKET, SAMPLES_PER_PACKET)
+                    self._rtp.sendto(header + self._encode(name, pcm), destination)
                 self.packets_sent += 1
                 self.seq += 1
                 marker = False
@@ -885,6 +1014,10 @@ class RtpFarEnd:
         self.rtp.send_codec = audio[0]
         for name, pt in call.offer.common:
             self.rtp.receive_map[pt] = name
+        # the telephone-event type this end answered (or was answered) with, if any
+        self.rtp.event_pt = next(
+            (pt for name, pt in call.offer.common if name == "telephone-event"), None
+        )
         self.rtp.start((call.offer.address, call.offer.port))
         # RFC 3264 §6.1: recvonly/inactive -> send nothing (held)
         self.rtp.sending_enabled = call.local_direction in ("sendrecv", "sendonly")
@@ -1049,6 +1182,37 @@ class RtpFarEnd:
     async def stop_media(self) -> None:
         """Go silent (the call stays up): for media-timeout tests."""
         await self.rtp.stop()
+
+    async def send_dtmf(
+        self,
+        symbols: str,
+        *,
+        duration: int = DTMF_DURATION,
+        volume: int = DTMF_VOLUME,
+        gap_ms: int = DTMF_GAP_MS,
+        timeout: float = SIP_TIMEOUT_S,
+    ) -> list[SentEvent]:
+        """Send ``symbols`` as RFC 4733 events in the call's RTP stream on the negotiated
+        telephone-event payload type (see :meth:`RtpStream.send_events`); returns once the
+        last end packet is out, with the events sent (code, start timestamp, duration).
+
+        Raises:
+            RuntimeError: no telephone-event was negotiated, or media is not being sent.
+            AssertionError: the events were not all sent within ``timeout``.
+        """
+        pt = self.telephone_event_payload_type
+        if pt is None:
+            raise RuntimeError("no telephone-event payload type negotiated on this call")
+        if self.rtp.event_pt != pt or not self.rtp.sending_enabled:
+            raise RuntimeError("the RTP stream is not sending on this call")
+        already = len(self.rtp.events_sent)
+        self.rtp.send_events(symbols, duration=duration, volume=volume, gap_ms=gap_ms)
+        deadline = time.monotonic() + timeout
+        while self.rtp.events_pending:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.rtp.events_pending} event packets still unsent")
+            await asyncio.sleep(PACKET_MS / 1000)
+        return self.rtp.events_sent[already:]
 
     # ------------------------------------------------------------------ views
 

@@ -10,6 +10,14 @@ time: outgoing (early or late offer), incoming, hold/unhold by re-INVITE, BYE or
 :class:`WebRtcMedia` is the media half alone (an aiortc peer, its tone track and a
 recorder of what it receives), usable without SIP to test media against another peer.
 
+RFC 4733 telephone-events (opt-in, ``telephone_event=48000``): aiortc has no
+telephone-event codec, so it neither offers one nor keeps such packets (its RTP router drops
+a payload type no receiver registered). With the option the peer's SDP offers (or answers)
+``telephone-event/<clock>`` as Chromium does beside Opus (the SDP text is amended before it
+is sent; aiortc's own description stays as it was), and every incoming RTP packet whose
+payload type either SDP names telephone-event is recorded, after SRTP, as a
+:class:`ReceivedEventPacket` (see :attr:`WebRtcMedia.event_packets`).
+
 Every SIP message sent or received is kept in :attr:`WebRtcUa.messages`.
 
 aiortc leaves loopback addresses out of its ICE candidates; tests on 127.0.0.0/8 patch
@@ -25,6 +33,7 @@ import hashlib
 import re
 import secrets
 import ssl
+import struct
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -45,6 +54,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket
 from av import AudioFrame
 from websockets.asyncio.client import ClientConnection
 
@@ -54,13 +64,17 @@ from gateway.sip.message import Request, Response, make_response, parse
 __all__ = [
     "LOOPBACK_ICE_IP",
     "REALM",
+    "TELEPHONE_EVENT_PT",
+    "ReceivedEventPacket",
     "SipCall",
     "SipCallFailed",
     "ToneTrack",
     "WebRtcMedia",
     "WebRtcUa",
+    "add_telephone_event",
     "digest_authorization",
     "dominant_frequency",
+    "telephone_event_types",
     "use_loopback_ice",
 ]
 
@@ -87,6 +101,16 @@ CRLF_PONG = "\r\n"
 ALLOW = "INVITE,ACK,CANCEL,BYE,UPDATE,MESSAGE,OPTIONS,REFER,INFO,NOTIFY"
 #: aiortc codec names accepted in ``codecs=`` (the SDP encoding names).
 CODEC_MIME = {"PCMU": "audio/PCMU", "PCMA": "audio/PCMA", "opus": "audio/opus"}
+#: Payload type of the telephone-event format added to offers (dynamic, RFC 3551 §3; aiortc
+#: numbers opus 96 and uses static types for the others).
+TELEPHONE_EVENT_PT = 101
+#: Events 0-15 (the DTMF digits, RFC 4733 §3.2) are what the added format carries.
+TELEPHONE_EVENT_FMTP = "0-16"
+#: RFC 4733 §2.3 payload: event, E|R|volume, duration.
+TELEPHONE_EVENT = struct.Struct("!BBH")
+#: Event packets kept (a few minutes of digits).
+MAX_EVENT_PACKETS = 3000
+_TE_RTPMAP = re.compile(r"^a=rtpmap:(\d+) telephone-event/(\d+)", re.IGNORECASE | re.MULTILINE)
 
 Direction = Literal["sendrecv", "sendonly", "recvonly", "inactive"]
 
@@ -169,6 +193,47 @@ class ReceivedFrame:
     sample_rate: int
 
 
+@dataclass(frozen=True)
+class ReceivedEventPacket:
+    """One RFC 4733 telephone-event RTP packet as received (after SRTP), fields unfolded."""
+
+    time: float  #: time.monotonic() at arrival
+    payload_type: int
+    marker: bool
+    seq: int
+    timestamp: int
+    ssrc: int
+    event: int  #: event code (RFC 4733 §3.2: 0-9 digits, 10 *, 11 #, 12-15 A-D)
+    end: bool  #: the E bit
+    volume: int
+    duration: int  #: in timestamp units of the payload type's clock
+
+
+def telephone_event_types(sdp: str) -> dict[int, int]:
+    """payload type -> clock rate of every ``telephone-event`` rtpmap in ``sdp``."""
+    return {int(pt): int(clock) for pt, clock in _TE_RTPMAP.findall(sdp)}
+
+
+def add_telephone_event(sdp: str, pt: int, clock: int) -> str:
+    """``sdp`` with ``telephone-event/clock`` as payload type ``pt`` appended to the first
+    audio m-line, its rtpmap and fmtp (RFC 4733 §7.1.1) after that section's last line."""
+    newline = "\r\n" if "\r\n" in sdp else "\n"
+    lines = sdp.split(newline)
+    trailer = lines.pop() if lines and lines[-1] == "" else None
+    start = next((i for i, line in enumerate(lines) if line.startswith("m=audio ")), None)
+    if start is None:
+        raise ValueError("no audio m-line to add telephone-event to")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("m=")), len(lines))
+    lines[start] += f" {pt}"
+    lines[end:end] = [
+        f"a=rtpmap:{pt} telephone-event/{clock}",
+        f"a=fmtp:{pt} {TELEPHONE_EVENT_FMTP}",
+    ]
+    if trailer is not None:
+        lines.append(trailer)
+    return newline.join(lines)
+
+
 class AudioRecorder:
     """Drains a remote audio track into :class:`ReceivedFrame` records."""
 
@@ -238,14 +303,30 @@ class WebRtcMedia:
         codecs: SDP encoding names in preference order ("PCMU", "PCMA", "opus"), applied
             with ``setCodecPreferences``.
         tone_hz: frequency of the sine this peer sends.
+        telephone_event: offer ``telephone-event`` at this clock rate (48000 beside Opus,
+            as Chromium does) as payload type :data:`TELEPHONE_EVENT_PT`, answer it when an
+            offer has it at this rate, and record incoming event packets. None (default):
+            aiortc's own SDP, nothing recorded.
     """
 
-    def __init__(self, *, codecs: Sequence[str] = ("PCMU",), tone_hz: float = 1000.0) -> None:
+    def __init__(
+        self,
+        *,
+        codecs: Sequence[str] = ("PCMU",),
+        tone_hz: float = 1000.0,
+        telephone_event: int | None = None,
+    ) -> None:
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.track = ToneTrack(tone_hz)
         self.recorder = AudioRecorder()
         self.codecs = list(codecs)
         self.transceiver: RTCRtpTransceiver | None = None
+        self.telephone_event = telephone_event
+        #: telephone-event packets received, oldest first (only with ``telephone_event``)
+        self.event_packets: list[ReceivedEventPacket] = []
+        #: payload type -> clock of the telephone-event formats in the local and remote SDP
+        self.event_types: dict[int, int] = {}
+        self._watched: set[int] = set()
         self._closed = False
 
         @self.pc.on("track")
@@ -270,16 +351,66 @@ class WebRtcMedia:
         return transceiver
 
     async def create_offer(self) -> str:
-        """A new local offer (first offer or a re-offer); returns its SDP."""
+        """A new local offer (first offer or a re-offer); returns its SDP (with
+        telephone-event added when ``telephone_event`` is set)."""
         if self.transceiver is None:
             self._add_transceiver()
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        return self.pc.localDescription.sdp
+        sdp: str = self.pc.localDescription.sdp
+        if self.telephone_event is not None:
+            sdp = add_telephone_event(sdp, TELEPHONE_EVENT_PT, self.telephone_event)
+            self._watch_events(sdp)
+        return sdp
 
     async def accept_answer(self, sdp: str, *, provisional: bool = False) -> None:
         """Apply the remote answer (``provisional``: a 183's SDP, as an RFC 8829 pranswer)."""
         kind = "pranswer" if provisional else "answer"
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp, kind))
+        if self.telephone_event is not None:
+            self._watch_events(sdp)
+
+    def _watch_events(self, sdp: str) -> None:
+        """Learn the telephone-event types of ``sdp`` and record event packets arriving on
+        the audio transport (hooked once per DTLS transport, ahead of aiortc's RTP router,
+        which would drop them)."""
+        self.event_types.update(telephone_event_types(sdp))
+        transport = None if self.transceiver is None else self.transceiver.receiver.transport
+        if transport is None or id(transport) in self._watched:
+            return
+        self._watched.add(id(transport))
+        handle_rtp = transport._handle_rtp_data
+
+        async def recording(data: bytes, arrival_time_ms: int) -> None:
+            self._record_event(data)
+            await handle_rtp(data, arrival_time_ms)
+
+        setattr(transport, "_handle_rtp_data", recording)  # noqa: B010 - instance override
+
+    def _record_event(self, data: bytes) -> None:
+        try:
+            packet = RtpPacket.parse(data)
+        except ValueError:
+            return
+        pt = packet.payload_type
+        if pt not in self.event_types or len(packet.payload) < TELEPHONE_EVENT.size:
+            return
+        event, flags, duration = TELEPHONE_EVENT.unpack_from(packet.payload)
+        self.event_packets.append(
+            ReceivedEventPacket(
+                time=time.monotonic(),
+                payload_type=pt,
+                marker=bool(packet.marker),
+                seq=packet.sequence_number,
+                timestamp=packet.timestamp,
+                ssrc=packet.ssrc,
+                event=event,
+                end=bool(flags & 0x80),
+                volume=flags & 0x3F,
+                duration=duration,
+            )
+        )
+        if len(self.event_packets) > MAX_EVENT_PACKETS:
+            del self.event_packets[: len(self.event_packets) - MAX_EVENT_PACKETS]
 
     async def accept_offer(self, sdp: str) -> str:
         """Apply a remote offer and return the local answer's SDP."""
@@ -295,7 +426,19 @@ class WebRtcMedia:
                     self.transceiver = transceiver
                     break
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        return self.pc.localDescription.sdp
+        answer: str = self.pc.localDescription.sdp
+        if self.telephone_event is not None:
+            # RFC 3264 §6.1: answer the offered format with the offer's payload type.
+            offered = [
+                pt
+                for pt, clock in telephone_event_types(sdp).items()
+                if clock == self.telephone_event
+            ]
+            if offered:
+                answer = add_telephone_event(answer, offered[0], self.telephone_event)
+            self._watch_events(sdp)
+            self._watch_events(answer)
+        return answer
 
     def set_direction(self, direction: Direction) -> None:
         """The direction the next offer or answer asks for (RFC 3264 §5.1)."""
@@ -504,6 +647,8 @@ class WebRtcUa:
         domain: the SIP domain (realm).
         codecs: default codec preference for calls and answers.
         tone_hz: frequency of the tone sent on calls.
+        telephone_event: offer/answer telephone-event at this clock rate on every call and
+            record the event packets received (see :class:`WebRtcMedia`).
     """
 
     def __init__(
@@ -517,6 +662,7 @@ class WebRtcUa:
         codecs: Sequence[str] = ("PCMU",),
         tone_hz: float = 1000.0,
         early_as_pranswer: bool = True,
+        telephone_event: int | None = None,
     ) -> None:
         # aiortc never starts DTLS after a pranswer followed by the answer when the
         # far side is ICE-lite; early_as_pranswer=False applies a 183's SDP as the
@@ -529,6 +675,7 @@ class WebRtcUa:
         self.display_name = display_name
         self.codecs = list(codecs)
         self.tone_hz = tone_hz
+        self.telephone_event = telephone_event
         self.aor = f"sip:{user}@{domain}"
         self.via_host = f"{_token(6)}.invalid"  # JsSIP: random host under .invalid
         self.contact_uri = f"sip:{_token(4)}@{self.via_host};transport=ws;ob"
@@ -765,7 +912,11 @@ class WebRtcUa:
             await self.connect()
         if self.call_ is not None and self.call_.state != "ended":
             raise RuntimeError("a call is already in progress")
-        media = WebRtcMedia(codecs=codecs or self.codecs, tone_hz=self.tone_hz)
+        media = WebRtcMedia(
+            codecs=codecs or self.codecs,
+            tone_hz=self.tone_hz,
+            telephone_event=self.telephone_event,
+        )
         call = SipCall(
             direction="outgoing",
             call_id=_token(10),
@@ -1182,7 +1333,9 @@ class WebRtcUa:
             local_tag=_token(5),
             local_uri=str(to.uri),
             remote_uri=str(from_.uri),
-            media=WebRtcMedia(codecs=self.codecs, tone_hz=self.tone_hz),
+            media=WebRtcMedia(
+                codecs=self.codecs, tone_hz=self.tone_hz, telephone_event=self.telephone_event
+            ),
             invite=request,
             remote_tag=from_.tag,
             state="early",

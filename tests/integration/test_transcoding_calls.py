@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import struct
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -302,5 +304,112 @@ async def test_switch_offer_g729_only_browser_answers_opus(
             assert await call_mode(gateway) == ("transcode", "opus<->G729")
             assert (await far.send_bye()).status == 200
             assert await ua.wait_ended() == "remote BYE"
+    finally:
+        await far.close()
+
+
+#: NTP seconds at the UNIX epoch (RFC 868, RFC 3550 §4).
+NTP_UNIX = 2_208_988_800
+
+
+def rtcp_packets(data: bytes) -> list[tuple[int, bytes]]:
+    """(packet type, packet) of each packet of a compound RTCP datagram (RFC 3550 §6.1),
+    split by hand so the test does not judge the gateway with its own parser."""
+    out = []
+    offset = 0
+    while offset + 4 <= len(data):
+        length = 4 * (int.from_bytes(data[offset + 2 : offset + 4], "big") + 1)
+        out.append((data[offset + 1], data[offset : offset + length]))
+        offset += length
+    assert offset == len(data), data.hex()
+    return out
+
+
+async def rtcp_leg(gw: GatewayProcess, leg: str, ready: Any, timeout: float = 12.0) -> Any:
+    """The NG query's ``legs.<leg>.rtcp`` once ``ready(figures)`` holds (or the last read)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        listed = await ng_request(gw, {"command": "list"})
+        calls = listed.get("calls")
+        assert isinstance(calls, list) and len(calls) == 1, listed
+        reply: Any = await ng_request(gw, {"command": "query", "call-id": calls[0]})
+        figures = reply["legs"][leg]["rtcp"]
+        if ready(figures) or loop.time() > deadline:
+            return figures
+        await asyncio.sleep(0.25)
+
+
+@pytest.mark.timeout(90)
+async def test_transcoded_call_terminates_rtcp_per_leg(gateway: GatewayProcess) -> None:
+    """Transcoding, the two legs carry different streams, so the gateway answers RTCP on
+    each leg itself (RFC 3550 §6, as rtpengine does) and forwards none of the browser's.
+
+    The far end must get sender reports about the PCMU stream it receives (its SSRC, a
+    packet count no higher than what arrived, an NTP time that is now) with an SDES CNAME;
+    the receiver report it sends back about that stream (LSR/DLSR, a cumulative loss of 7)
+    must show in the switch leg's figures as a round-trip time and the remote loss; and
+    aiortc, the browser, must likewise have its reports read on the WebRTC leg."""
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE, codecs=("PCMU", "telephone-event"))
+    await far.start()
+    try:
+        async with registered(gateway, "alice", "alicepw", ["opus"]) as ua:
+            call = await ua.call(f"sip:9{far.port}@{REALM}")
+            assert call.status == 200 and call.sdp_error is None, call.sdp_error
+            assert await hear(far.dominant_frequency, UA_TONE) == pytest.approx(
+                UA_TONE, abs=TOLERANCE
+            )
+            assert await call_mode(gateway) == ("transcode", "opus<->PCMU")
+            stream = far.rtp
+            loop = asyncio.get_running_loop()
+            # First report after 2.5 s x 0.5-1.5 (RFC 3550 §6.2), then every 5 s x 0.5-1.5.
+            deadline = loop.time() + 10.0
+            while loop.time() < deadline and not stream.rtcp_packets:
+                await asyncio.sleep(0.1)
+            assert stream.rtcp_packets, "no RTCP from the gateway within 10 s"
+            arrived, source, datagram = stream.rtcp_packets[0]
+            received_then = sum(1 for p in stream.packets if p.time <= arrived)
+            parts = rtcp_packets(datagram)
+            assert [pt for pt, _ in parts] == [200, 202], datagram.hex()  # SR then SDES
+            sr = parts[0][1]
+            sender_ssrc, ntp_sec, _, _, sender_packets = struct.unpack_from("!IIIII", sr, 4)
+            pcmu_ssrcs = {p.ssrc for p in stream.packets if p.payload_type == 0}
+            assert pcmu_ssrcs == {sender_ssrc}  # about the stream the far end gets...
+            assert 0 < sender_packets <= received_then + 2  # ...counting what was sent
+            assert abs(ntp_sec - NTP_UNIX - time.time()) < 5.0  # NTP time is wall-clock now
+            sdes = parts[1][1]
+            assert struct.unpack_from("!I", sdes, 4)[0] == sender_ssrc
+            assert sdes[8] == 1 and sdes[9] > 0  # CNAME item, not empty
+            # Nothing of the browser's RTCP leaks onto the switch leg.
+            for _, _, data in stream.rtcp_packets:
+                for pt, packet in rtcp_packets(data):
+                    assert struct.unpack_from("!I", packet, 4)[0] == sender_ssrc, pt
+
+            # The far end's RR about that stream: LSR = middle 32 bits of the SR's NTP time,
+            # DLSR = how long it held the SR, in 1/65536 s (RFC 3550 §6.4.1).
+            await asyncio.sleep(0.2)
+            lsr = int.from_bytes(sr[10:14], "big")
+            dlsr = int((time.monotonic() - arrived) * 65536)
+            block = struct.pack("!IIIIII", sender_ssrc, 7, stream.seq, 0, lsr, dlsr)
+            rr = struct.pack("!BBHI", 0x81, 201, 7, stream.ssrc) + block
+            stream.send_rtcp(rr, source)
+            rtp = await rtcp_leg(gateway, "rtp", lambda f: f["remote_packets_lost"] == 7)
+            assert rtp["remote_packets_lost"] == 7, rtp
+            assert rtp["reports_received"] >= 1 and rtp["reports_sent"] >= 1, rtp
+            # Round trip on loopback: the figure exists and is small (bencode: whole ms).
+            assert isinstance(rtp["rtt_ms"], int) and 0 <= rtp["rtt_ms"] < 50, rtp
+            assert rtp["packets_received"] >= 50 and rtp["packets_lost"] == 0, rtp
+
+            # The browser's leg: aiortc's reports are read (its RR on our SR gives an RTT).
+            webrtc = await rtcp_leg(gateway, "webrtc", lambda f: isinstance(f["rtt_ms"], int))
+            assert webrtc["reports_received"] >= 1 and webrtc["reports_sent"] >= 1, webrtc
+            assert isinstance(webrtc["rtt_ms"], int) and webrtc["rtt_ms"] < 50, webrtc
+            assert webrtc["packets_received"] >= 50, webrtc
+            await ua.hangup()
+            assert await far.wait_ended() == "remote BYE"
+        # The ended call's summary carries the same figures, with their decimals.
+        summary = media_summaries(gateway)[0]
+        assert summary["legs"]["rtp"]["rtcp"]["remote_packets_lost"] == 7, summary
+        assert isinstance(summary["legs"]["rtp"]["rtcp"]["rtt_ms"], float), summary
     finally:
         await far.close()

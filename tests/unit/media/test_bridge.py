@@ -8,15 +8,27 @@ Datagrams move through lists; time is an argument.
 from __future__ import annotations
 
 import datetime
+import math
 import struct
 
 import pytest
 from aioice import stun
 
 from gateway.media.bridge import RELATCH_SILENCE, Addr, Bridge
+from gateway.media.codecs import get_encoder
+from gateway.media.codecs.dtmf import unpack_event
 from gateway.media.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from gateway.media.rtcp import (
+    ReceiverReport,
+    SenderReport,
+    SourceDescription,
+    ntp_from_unix,
+    ntp_short,
+)
+from gateway.media.rtcp import parse as parse_rtcp
 from gateway.media.rtp import parse_header
 from gateway.media.srtp import SrtpPair
+from gateway.media.transcode import make_transcoder
 
 NOW = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 BROWSER: Addr = ("192.0.2.10", 50000)
@@ -419,6 +431,9 @@ class Reverser:
     """A stand-in transcoder implementing the interface: reverses the payload bytes and
     changes PT 0 -> 8, emitting one packet per input (a codec engineer's real one goes here)."""
 
+    in_clock = 8000
+    out_clock = 8000
+
     def __init__(self) -> None:
         self.calls = 0
 
@@ -488,3 +503,261 @@ def test_wrong_browser_fingerprint_fails_and_is_reported(
     )
     c.connect(now=1.0)
     assert c.bridge.handshakes == 1
+
+
+# --------------------------------------------------------------------------- RTCP
+
+PT_OPUS = 111
+BROWSER_SSRC, SWITCH_SSRC = 0x7777, 0x5151
+WALL = 1_700_000_000.0
+
+
+def tone(rate: int, samples: int, start: int) -> bytes:
+    """A 440 Hz tone as s16le PCM (so Opus has something to encode)."""
+    return b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * (start + i) / rate)))
+        for i in range(samples)
+    )
+
+
+def rtcp_datagrams(sent: list[tuple[bytes, Addr]]) -> list[tuple[bytes, Addr]]:
+    return [(d, a) for d, a in sent if 192 <= d[1] <= 223]
+
+
+def transcoded(call: Call) -> None:
+    """Plug the real transcoders as the NG layer does for an Opus browser and a PCMU switch."""
+    b = call.bridge
+    b.set_payload_map(to_rtp={0: 0}, to_webrtc={PT_OPUS: PT_OPUS})
+    b.set_transcoder("to_rtp", make_transcoder("opus", "PCMU", in_pt=PT_OPUS, out_pt=0))
+    b.set_transcoder("to_webrtc", make_transcoder("PCMU", "opus", in_pt=0, out_pt=PT_OPUS))
+
+
+def browser_talks(call: Call, count: int, start: float, seq0: int = 0) -> None:
+    encoder = get_encoder("opus", pcm_rate=48000, frame_ms=20)
+    for i in range(count):
+        payload = encoder.encode(tone(48000, 960, 960 * i))
+        packet = rtp(seq0 + i, 960 * (seq0 + i), BROWSER_SSRC, pt=PT_OPUS, payload=payload)
+        call.browser_sends(packet, start + 0.02 * i)
+
+
+def switch_talks(call: Call, seqs: list[int], start: float) -> None:
+    for seq in seqs:
+        call.bridge.rtp_received(rtp(seq, 160 * seq, SWITCH_SSRC), SWITCH, start + 0.02 * seq)
+
+
+def tick_until(call: Call, sent: list[tuple[bytes, Addr]], start: float) -> float:
+    """Tick every 100 ms (as the adapter does) until an RTCP datagram appears in ``sent``."""
+    t = start
+    while t < start + 10.0:
+        call.bridge.tick(t, wallclock=WALL + t)
+        if rtcp_datagrams(sent):
+            return t
+        t = round(t + 0.1, 3)
+    raise AssertionError("no RTCP report within 10 s")
+
+
+def test_transcoded_rtcp_from_the_switch_is_read_not_forwarded(call: Call) -> None:
+    transcoded(call)
+    b = call.bridge
+    switch_talks(call, list(range(10)), 1.0)
+    browser_talks(call, 3, 1.0)
+    call.to_browser.clear()
+    # The switch reports on the PCMU stream it gets from us (SSRC_TO_RTP): 5 lost, 1/4.
+    sr = struct.pack("!BBHIQIII", 0x81, 200, 12, SWITCH_SSRC, 0x1111222233334444, 1600, 10, 1600)
+    block = struct.pack("!IIIIII", SSRC_TO_RTP, 64 << 24 | 5, 30, 80, 0, 0)
+    b.rtcp_received(sr + block, (SWITCH[0], SWITCH[1] + 1), 1.3)
+    assert rtcp_datagrams(call.to_browser) == [] and b.w.tx_rtcp == 0
+    assert b.r.rx_rtcp == 1 and b.rtcp_latched == (SWITCH[0], SWITCH[1] + 1)
+    stats = b.stats()
+    assert stats["rtcp_terminated"] is True
+    rtcp = stats["rtp"]["rtcp"]  # type: ignore[index]
+    assert (rtcp["remote_packets_lost"], rtcp["remote_fraction_lost"]) == (5, 0.25)
+    assert rtcp["remote_jitter_ms"] == 10.0  # 80 units on the PCMU leg's 8000 clock
+    # The browser's RTCP does not reach the switch either.
+    assert call.srtp is not None
+    rr = struct.pack("!BBHI", 0x81, 201, 7, BROWSER_SSRC) + struct.pack(
+        "!IIIIII", SSRC_TO_WEBRTC, 0, 1, 0, 0, 0
+    )
+    b.webrtc_received(call.srtp.protect_rtcp(rr), BROWSER, 1.4)
+    assert call.to_switch_rtcp == [] and b.r.tx_rtcp == 0 and b.w.rx_rtcp == 1
+    # Garbage is counted as malformed, not forwarded.
+    b.rtcp_received(b"\x81\xc9\x00\x07" + bytes(8), (SWITCH[0], SWITCH[1] + 1), 1.5)
+    assert b.r.drop_malformed == 1 and stats["rtp"]["rtcp"]["parse_errors"] == 0  # type: ignore[index]
+    assert b.stats()["rtp"]["rtcp"]["parse_errors"] == 1  # type: ignore[index]
+
+
+def test_transcoded_sr_to_the_switch_names_the_pcmu_stream(call: Call) -> None:
+    transcoded(call)
+    b = call.bridge
+    switch_talks(call, [s for s in range(25) if s != 7], 1.0)  # one packet lost
+    browser_talks(call, 25, 1.0)
+    sent = [d for d, _ in call.to_switch]
+    assert len(sent) == 25
+    last_seq, last_ts, last_ssrc = parse_header(sent[-1])[2:]
+    t = tick_until(call, call.to_switch_rtcp, 1.5)
+    ((data, dest),) = rtcp_datagrams(call.to_switch_rtcp)
+    assert dest == (SWITCH[0], SWITCH[1] + 1)  # the SDP RTCP port (port + 1)
+    sr, sdes = parse_rtcp(data)
+    assert isinstance(sr, SenderReport) and isinstance(sdes, SourceDescription)
+    assert sr.ssrc == SSRC_TO_RTP == last_ssrc
+    assert sr.packet_count == 25 and sr.octet_count == sum(len(d) - 12 for d in sent)
+    # RTP timestamp of the SR instant on the 8000 clock, from the last packet sent at 1.48 s.
+    assert sr.rtp_timestamp == (last_ts + round((t - 1.48) * 8000)) & 0xFFFFFFFF
+    assert sr.ntp_timestamp == ntp_from_unix(WALL + t)
+    (block,) = sr.reports
+    assert block.ssrc == SWITCH_SSRC and block.packets_lost == 1 and block.highest_seq == 24
+    assert sdes.cname(SSRC_TO_RTP) == b.cname
+    assert b.stats()["rtp"]["rtcp"]["reports_sent"] == 1  # type: ignore[index]
+    # The switch's RR on our SR gives the round-trip time (RFC 3550 §6.4.1).
+    rr = struct.pack("!BBHI", 0x81, 201, 7, SWITCH_SSRC) + struct.pack(
+        "!IIIIII", SSRC_TO_RTP, 0, 25, 0, ntp_short(sr.ntp_timestamp), 65536 // 10
+    )
+    b.rtcp_received(rr, (SWITCH[0], SWITCH[1] + 1), t + 0.15)
+    assert b.stats()["rtp"]["rtcp"]["rtt_ms"] == pytest.approx(50.0, abs=0.1)  # type: ignore[index]
+    # Nothing sent since: the next report is an RR.
+    call.to_switch_rtcp.clear()
+    tick_until(call, call.to_switch_rtcp, t + 0.2)
+    rr_packet, _ = parse_rtcp(call.to_switch_rtcp[0][0])
+    assert isinstance(rr_packet, ReceiverReport) and rr_packet.ssrc == SSRC_TO_RTP
+
+
+def test_transcoded_sr_to_the_browser_decrypts_and_names_the_opus_stream(call: Call) -> None:
+    transcoded(call)
+    b = call.bridge
+    browser_talks(call, 20, 1.0)
+    switch_talks(call, list(range(25)), 1.0)
+    assert call.srtp is not None
+    opus = [call.srtp.unprotect(d) for d, _ in call.to_browser if not 192 <= d[1] <= 223]
+    call.to_browser.clear()
+    assert len(opus) == 25 and all(parse_header(p)[1] == PT_OPUS for p in opus)
+    last_ts = parse_header(opus[-1])[3]
+    t = tick_until(call, call.to_browser, 1.5)
+    ((data, dest),) = rtcp_datagrams(call.to_browser)
+    assert dest == BROWSER
+    sr, sdes = parse_rtcp(call.srtp.unprotect_rtcp(data))
+    assert isinstance(sr, SenderReport) and isinstance(sdes, SourceDescription)
+    assert sr.ssrc == SSRC_TO_WEBRTC == parse_header(opus[-1])[4]
+    assert sr.packet_count == 25
+    # The Opus stream runs on the 48000 clock: last packet sent at 1.48 s.
+    assert sr.rtp_timestamp == (last_ts + round((t - 1.48) * 48000)) & 0xFFFFFFFF
+    (block,) = sr.reports
+    assert block.ssrc == BROWSER_SSRC and block.packets_lost == 0
+    assert sdes.cname(SSRC_TO_WEBRTC) == b.cname
+    assert b.w.tx_rtcp == 1
+
+
+def test_reports_wait_for_srtp_and_stop_with_passthrough(
+    gw_cert: DtlsCertificate, browser_cert: DtlsCertificate
+) -> None:
+    c = Call(gw_cert, browser_cert)
+    transcoded(c)
+    for i in range(100):
+        c.bridge.tick(i * 0.1)
+    assert rtcp_datagrams(c.to_browser) == []  # no SRTP yet: nothing to the browser
+    assert len(c.to_switch_rtcp) >= 1  # the switch leg needs no handshake
+    c.connect(now=10.0)
+    tick_until(c, c.to_browser, 10.0)
+    c.bridge.set_transcoder("to_rtp", None)
+    c.bridge.set_transcoder("to_webrtc", None)
+    c.to_browser.clear()
+    c.to_switch_rtcp.clear()
+    for i in range(200):
+        c.bridge.tick(11.0 + i * 0.1)
+    assert c.to_browser == [] and c.to_switch_rtcp == []
+
+
+def test_passthrough_forwards_rtcp_and_still_measures(call: Call) -> None:
+    b = call.bridge
+    assert b.stats()["rtcp_terminated"] is False
+    # The switch's stream has one gap and a steady 5 ms transit swing.
+    for seq in range(50):
+        if seq != 20:
+            delay = 0.005 if seq % 2 else 0.0
+            b.rtp_received(rtp(seq, 160 * seq, SWITCH_SSRC), SWITCH, 1.0 + 0.02 * seq + delay)
+    call.browser_sends(rtp(1, 160, BROWSER_SSRC), 1.0)
+    call.browser_sends(rtp(2, 320, BROWSER_SSRC), 1.02)
+    # The browser's SR is forwarded to the switch (mapped as before)...
+    assert call.srtp is not None
+    ntp = ntp_from_unix(WALL)
+    sr = struct.pack("!BBHIQIII", 0x80, 200, 6, BROWSER_SSRC, ntp, 320, 2, 320)
+    b.webrtc_received(call.srtp.protect_rtcp(sr), BROWSER, 2.0)
+    data, _ = call.to_switch_rtcp[-1]
+    assert struct.unpack_from("!I", data, 4)[0] == SSRC_TO_RTP
+    # ...and the switch's RR about it comes back 80 ms later after holding it 30 ms.
+    rr = struct.pack("!BBHI", 0x81, 201, 7, SWITCH_SSRC) + struct.pack(
+        "!IIIIII", SSRC_TO_RTP, 0, 2, 16, ntp_short(ntp), 65536 * 3 // 100
+    )
+    b.rtcp_received(rr, (SWITCH[0], SWITCH[1] + 1), 2.08)
+    plain = call.srtp.unprotect_rtcp(call.to_browser[-1][0])
+    assert struct.unpack_from("!II", plain, 4) == (SSRC_TO_WEBRTC, BROWSER_SSRC)
+    rtcp = b.stats()["rtp"]["rtcp"]  # type: ignore[index]
+    assert rtcp["packets_lost"] == 1 and rtcp["packets_received"] == 48
+    assert rtcp["jitter_ms"] == pytest.approx(5.0, abs=0.6)  # converging on |D| = 5 ms
+    assert rtcp["rtt_ms"] == pytest.approx(50.0, abs=0.1)
+    assert rtcp["remote_jitter_ms"] == 2.0  # 16 units at PCMU's 8000 (from PT 0)
+    assert rtcp["reports_sent"] == 0
+    for i in range(100):  # passthrough never generates reports
+        b.tick(3.0 + i * 0.1)
+    assert len(call.to_switch_rtcp) == 1 and b.r.tx_rtcp == 1
+
+
+def test_rtcp_mux_toward_the_switch_uses_the_rtp_port(call: Call) -> None:
+    b = call.bridge
+    b.set_rtp_remote(address=SWITCH[0], port=SWITCH[1], rtcp_port=SWITCH[1])
+    assert b.stats()["rtp"]["rtcp_mux"] is True  # type: ignore[index]
+    assert call.srtp is not None
+    rr = struct.pack("!BBHI", 0x80, 201, 1, BROWSER_SSRC)
+    b.webrtc_received(call.srtp.protect_rtcp(rr), BROWSER, 1.0)
+    assert call.to_switch_rtcp == []
+    assert rtcp_datagrams(call.to_switch) == [
+        (struct.pack("!BBHI", 0x80, 201, 1, BROWSER_SSRC), SWITCH)
+    ]
+    call.to_switch.clear()
+    transcoded(call)
+    tick_until(call, call.to_switch, 2.0)
+    assert call.to_switch_rtcp == [] and b.r.tx_rtcp == 2
+
+
+def test_clock_rates_can_be_set_for_passthrough(call: Call) -> None:
+    b = call.bridge
+    b.set_clock_rates(webrtc=48000, rtp=48000)
+    for seq in range(10):
+        b.rtp_received(rtp(seq, 960 * seq, SWITCH_SSRC, pt=0), SWITCH, 1.0 + 0.02 * seq)
+    assert b.rtcp_r.clock == 48000  # not the 8000 PT 0 would suggest
+    assert b.stats()["rtp"]["rtcp"]["jitter_ms"] == 0.0  # type: ignore[index]
+
+
+def test_played_dtmf_joins_the_switch_stream_between_audio_packets(call: Call) -> None:
+    """INFO -> RFC 4733: digits the gateway plays go out in the switch leg's own stream."""
+    transcoded(call)
+    b = call.bridge
+    browser_talks(call, 5, 1.0)
+    b.play_dtmf(5, 100, 101, 1.1)
+    browser_talks(call, 20, 1.1, seq0=5)
+    packets = [d for d, addr in call.to_switch if addr == SWITCH and not 192 <= d[1] <= 223]
+    seqs = [struct.unpack_from("!H", d, 2)[0] for d in packets]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(seqs))]  # one sequence space
+    assert {struct.unpack_from("!I", d, 8)[0] for d in packets} == {SSRC_TO_RTP}
+    events = [d for d in packets if d[1] & 0x7F == 101]
+    decoded = [unpack_event(d[12:]) for d in events]
+    assert [e.event for e in decoded] == [5] * len(events)
+    assert events[0][1] & 0x80  # marker on the first packet only
+    assert not any(d[1] & 0x80 for d in events[1:])
+    ends = [e for e in decoded if e.end]
+    assert len(ends) == 3 and {e.duration for e in ends} == {800}  # 100 ms at 8000 Hz, E bit x3
+    assert len({struct.unpack_from("!I", d, 4)[0] for d in events}) == 1  # one timestamp
+    assert sum(1 for d in packets if d[1] & 0x7F == 0) == 25  # no audio packet lost
+
+
+def test_played_dtmf_waits_while_the_switch_leg_is_on_hold(call: Call) -> None:
+    transcoded(call)
+    b = call.bridge
+    browser_talks(call, 2, 1.0)
+    b.set_direction("rtp", "sendonly", 1.05)  # switch holds: we must not send
+    call.to_switch.clear()
+    b.play_dtmf(1, 100, 101, 1.1)
+    for i in range(10):
+        b.tick(1.2 + 0.1 * i)
+    assert [d for d, _ in call.to_switch if d[1] & 0x7F == 101] == []
+    with pytest.raises(ValueError):
+        b.play_dtmf(16, 100, 101, 2.5)  # not a DTMF event

@@ -272,6 +272,9 @@ class FakeSession:
     def set_transcoder(self, pipeline: str, transcoder: RtpTranscoder | None) -> None:
         self.calls.append(("transcoder", {"pipeline": pipeline, "transcoder": transcoder}))
 
+    def play_dtmf(self, code: int, duration_ms: int, payload_type: int) -> None:
+        self.calls.append(("dtmf", {"code": code, "duration": duration_ms, "pt": payload_type}))
+
     def transcoders(self) -> dict[str, RtpTranscoder | None]:
         """The transcoder each pipeline holds now (absent: never set)."""
         return {kw["pipeline"]: kw["transcoder"] for n, kw in self.calls if n == "transcoder"}
@@ -929,3 +932,55 @@ def test_codec_policy_reaches_media_workers_intact() -> None:
     assert policy_from_json(policy_to_json(policy)) == policy
     with pytest.raises(ValueError, match="bad codec policy"):
         policy_from_json('{"switch": []}')
+
+
+def test_play_dtmf_from_the_browser_toward_the_switch(
+    tng: NgCommands, backend: FakeBackend
+) -> None:
+    """rtpengine's ``play DTMF``: the from-tag names the generating participant (the browser);
+    the digit goes out as telephone-events on the switch's own te/8000 payload type."""
+
+    def play(**keys: object) -> dict[str, object]:
+        return tng.handle({"command": "play DTMF", "call-id": "c1", **keys}, 1005.0)
+
+    browser_offer(tng, sdp=chrome_offer_with("111 0 126"))
+    assert play(**{"from-tag": "ftag", "code": "5"})["error-reason"] == (
+        "play DTMF before the call's media is negotiated"
+    )
+    switch_answer(tng)  # passthrough PCMU, the switch's te/8000 is 101
+    assert play(**{"from-tag": "ftag", "code": "5", "duration": 250}) == {"result": "ok"}
+    assert play(**{"from_tag": "ftag", "code": "#"}) == {"result": "ok"}
+    assert play(**{"from-tag": "ftag", "code": "10", "duration": "80"}) == {"result": "ok"}
+    assert play(**{"from-tag": "ftag", "code": 15}) == {"result": "ok"}
+    dtmf = [kw for name, kw in session(backend).calls if name == "dtmf"]
+    assert dtmf == [
+        {"code": 5, "duration": 250, "pt": 101},
+        {"code": 11, "duration": 100, "pt": 101},
+        {"code": 10, "duration": 80, "pt": 101},
+        {"code": 15, "duration": 100, "pt": 101},
+    ]
+    errors = {
+        "Unknown call-id": {"call-id": "nope", "from-tag": "ftag", "code": "1"},
+        "'x' is not a DTMF digit (0-9, *, #, A-D)": {"from-tag": "ftag", "code": "x"},
+        "DTMF event 16 is not 0-15": {"from-tag": "ftag", "code": "16"},
+        "'code' must be a DTMF digit or event number": {"from-tag": "ftag"},
+        "'duration' must be an integer (milliseconds)": {
+            "from-tag": "ftag", "code": "1", "duration": "long"
+        },
+        "play DTMF is supported from the browser's tag only (toward the switch)": {
+            "from-tag": "ttag", "code": "1"
+        },
+    }  # fmt: skip
+    for reason, keys in errors.items():
+        assert play(**keys) == {"result": "error", "error-reason": reason}, keys
+    # A switch without telephone-event: nothing to send the digit as.
+    browser_offer(tng, sdp=chrome_offer_with("111 0"), call_id="c2")
+    switch_answer(
+        tng,
+        call_id="c2",
+        sdp=text("kamailio_plain_answer.sdp").replace("RTP/AVP 0 101", "RTP/AVP 0"),
+    )
+    reply = tng.handle(
+        {"command": "play DTMF", "call-id": "c2", "from-tag": "ftag", "code": "1"}, 1006.0
+    )
+    assert reply["error-reason"] == "the switch leg has no telephone-event/8000"

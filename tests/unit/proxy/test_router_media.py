@@ -254,3 +254,98 @@ def test_media_off_passes_sdp_through() -> None:
     msg = parse(sent_upstream(actions)[0].data)
     assert isinstance(msg, Request) and msg.body == b"v=0\r\n"
     assert not isinstance(msg, Response)
+
+
+def confirmed_media_call(proxy: Proxy) -> None:
+    """Browser INVITE -> 200 from the switch, both SDPs through the (scripted) media layer."""
+    proxy.receive_from_flow(FLOW, crlf(INVITE), 0.0)
+    (cmd,) = commands(proxy.actions())
+    proxy.media_result(cmd.token, {"result": "ok", "sdp": PLAIN}, 0.1)
+    _, req = only_request(proxy.actions())
+    proxy.receive_from_upstream(
+        upstream_reply(
+            req,
+            200,
+            "OK",
+            "Content-Type: application/sdp\nContact: <sip:f@127.0.0.3>\n",
+            PLAIN.replace("\r\n", "\n"),
+        ),
+        *SW1[:2],
+        "udp",
+        0.2,
+    )
+    (answer,) = commands(proxy.actions())
+    proxy.media_result(answer.token, {"result": "ok", "sdp": WEBRTC}, 0.3)
+    proxy.actions()
+
+
+def info(cseq: int, content_type: str, body: str) -> bytes:
+    return crlf(
+        f"""INFO sip:f@127.0.0.3 SIP/2.0
+Via: SIP/2.0/WSS 2kq9b8k3mq7a.invalid;branch=z9hG4bKinfo{cseq}
+Max-Forwards: 70
+From: "Alice" <sip:alice@example.test>;tag=a1
+To: <sip:95090@example.test>;tag=sw200
+Call-ID: call-1
+CSeq: {cseq} INFO
+Content-Type: {content_type}
+Content-Length: {len(body)}
+
+{body}"""
+    )
+
+
+def test_dtmf_info_becomes_rfc4733_toward_the_switch_or_is_relayed() -> None:
+    proxy = make_proxy(media=True, dtmf_info_to_rfc4733=True)
+    confirmed_media_call(proxy)
+    # SIP.js's INFO: the media layer plays the digit; the gateway answers 200 itself.
+    proxy.receive_from_flow(
+        FLOW, info(3, "application/dtmf-relay", "Signal= 5\nDuration= 160\n"), 1.0
+    )
+    actions = proxy.actions()
+    assert not sent_upstream(actions)
+    (play,) = commands(actions)
+    assert play.command == {
+        "command": "play DTMF",
+        "call-id": f"call-1~{FLOW:x}",
+        "from-tag": "a1",
+        "code": "5",
+        "duration": 160,
+    }
+    proxy.media_result(play.token, {"result": "ok"}, 1.01)
+    actions = proxy.actions()
+    assert [r.status for r in responses_to_flow(actions)] == [200]
+    assert not sent_upstream(actions)
+    # The media layer cannot (no telephone-event on the switch leg): the INFO goes on as is.
+    proxy.receive_from_flow(FLOW, info(4, "application/dtmf", "#"), 2.0)
+    (play,) = commands(proxy.actions())
+    assert play.command["code"] == "#" and play.command["duration"] == 100
+    proxy.media_result(
+        play.token,
+        {"result": "error", "error-reason": "the switch leg has no telephone-event/8000"},
+        2.01,
+    )
+    actions = proxy.actions()
+    assert not responses_to_flow(actions)
+    _, relayed = only_request(actions)
+    assert (relayed.method, relayed.body) == ("INFO", b"#")
+    # Not DTMF (another body type, a non-digit signal): relayed without asking the media layer.
+    for cseq, ctype, body in (
+        (5, "application/json", '{"a":1}'),
+        (6, "application/dtmf-relay", "Signal=X"),
+    ):
+        proxy.receive_from_flow(FLOW, info(cseq, ctype, body), 3.0)
+        actions = proxy.actions()
+        assert not commands(actions)
+        assert only_request(actions)[1].body == body.encode()
+
+
+def test_dtmf_info_is_relayed_when_the_conversion_is_off() -> None:
+    proxy = make_proxy(media=True)
+    confirmed_media_call(proxy)
+    proxy.receive_from_flow(
+        FLOW, info(3, "application/dtmf-relay", "Signal=5\nDuration=160\n"), 1.0
+    )
+    actions = proxy.actions()
+    assert not commands(actions)
+    assert only_request(actions)[1].method == "INFO"
