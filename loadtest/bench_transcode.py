@@ -11,9 +11,11 @@ parsing, sequence tracking, re-packetisation, RTP header writing).
 Implied calls per core: a call transcodes both ways, so its cost per 20 ms is
 (a -> b) + (b -> a); one core has 20 000 µs per 20 ms. That figure is codec and transcoder
 work only; the relay hop and SRTP (measured by loadtest/bench_relay.py) come on top, and the
-"with relay" column adds DESIGN.md's figures for them.
+"with relay" column adds DESIGN.md's figures for them (a bare hop plus SRTP, 42 µs per
+call), or, given ``--relay-us``, the engine's own per-call relay cost as bench_relay.py
+measured it (µs SRTP->RTP + µs RTP->SRTP: the real event loop, demux and SRTP).
 
-    .venv/bin/python -m loadtest.bench_transcode [--packets 500] [--repeat 10]
+    .venv/bin/python -m loadtest.bench_transcode [--packets 500] [--repeat 10] [--relay-us 55]
 
 Bounded: about 15 s with the defaults; repeats stop after --budget seconds (default 40).
 """
@@ -127,7 +129,7 @@ def run(packets: int, repeat: int, budget: float) -> Bench:
     return bench
 
 
-def report(bench: Bench) -> bool:
+def report(bench: Bench, relay_us: float | None = None) -> bool:
     print(f"µs per {FRAME_MS} ms packet, best of {bench.repeat} runs of {bench.packets} packets")
     print(f"{'path':<16} {'opus cx':>7} {'transcode':>10} {'codec floor':>12} {'ratio':>7}")
     for label, complexity, us, floor in bench.rows:
@@ -146,7 +148,8 @@ def report(bench: Bench) -> bool:
                 continue
             cost = bench.cost[key_a] + bench.cost[key_b]
             calls = FRAME_BUDGET_US / cost
-            relay = FRAME_BUDGET_US / (cost + 2 * 2 * RELAY_US_PER_PACKET)
+            on_top = 2 * 2 * RELAY_US_PER_PACKET if relay_us is None else relay_us
+            relay = FRAME_BUDGET_US / (cost + on_top)
             target = TARGETS[other]
             verdict = ""
             if complexity == 5:
@@ -157,6 +160,10 @@ def report(bench: Bench) -> bool:
                 f"opus <-> {other:<7} {complexity:>7} {cost:9.1f} {calls:7.0f} {relay:11.0f} "
                 f"{verdict}"
             )
+    if relay_us is None:
+        print(f"(with relay: DESIGN.md's {2 * 2 * RELAY_US_PER_PACKET:.0f} µs per call)")
+    else:
+        print(f"(with relay: {relay_us:.1f} µs per call, measured by bench_relay.py)")
     return ok
 
 
@@ -165,9 +172,15 @@ def main() -> None:
     parser.add_argument("--packets", type=int, default=500, help="packets per run")
     parser.add_argument("--repeat", type=int, default=10, help="runs per figure (best)")
     parser.add_argument("--budget", type=float, default=40.0, help="stop repeating after s")
+    parser.add_argument(
+        "--relay-us",
+        type=float,
+        default=None,
+        help="per-call relay cost from bench_relay.py (SRTP->RTP + RTP->SRTP µs)",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
-    ok = report(run(args.packets, args.repeat, args.budget))
+    ok = report(run(args.packets, args.repeat, args.budget), args.relay_us)
     print(f"\n(total {time.perf_counter() - start:.1f} s)")
     sys.exit(0 if ok else 1)
 
