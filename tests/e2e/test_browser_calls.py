@@ -32,7 +32,7 @@ import pytest
 
 from gateway.sdp.model import parse as parse_sdp
 from gateway.transport.ng_client import NgClient
-from tests.helpers.browser import BrowserPhone
+from tests.helpers.browser import BrowserError, BrowserPhone
 from tests.helpers.gateway import GATEWAY_IP, GatewayProcess
 from tests.helpers.kamailio import KAMAILIO_IP, SIPP_IP, USERS, Kamailio
 from tests.helpers.kamailio import free_port as free_port_on
@@ -652,13 +652,14 @@ async def test_sip_info_digits_become_rfc4733_events_when_configured(
     application/dtmf-relay per digit) on a transcoded call reaches the far end as RFC 4733
     telephone-events at 8000 in the PCMU stream, not as INFO: the gateway answers each INFO
     200 itself, the far end receives no INFO, every digit arrives in order with an end bit
-    and the duration the INFO asked for, and the audio stream carries on unbroken."""
+    and the duration the INFO asked for, and the audio stream carries on unbroken. Media
+    in two worker processes, the default layout, so the command finds the call's worker."""
     far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event"))
     await far.start()
     extra: dict[str, dict[str, object]] = {"media": {"dtmf_info_to_rfc4733": True}}
     try:
         async with running_gateway(
-            kamailio, tmp_path / "gateway", request, workers=0, extra=extra
+            kamailio, tmp_path / "gateway", request, workers=2, extra=extra
         ) as gateway:
             registered = await register(
                 phone, gateway.ws_url, "alice", codecDelete=["(?!opus|telephone-event).*"]
@@ -703,6 +704,50 @@ async def test_sip_info_digits_become_rfc4733_events_when_configured(
             assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
                 BROWSER_TONE_HZ, abs=TOLERANCE_HZ
             )
+            await hang_up_from_browser(phone, far)
+    finally:
+        await far.close()
+
+
+async def test_switch_without_telephone_event_gets_the_browsers_info_digits(
+    kamailio: Kamailio,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    phone: BrowserPhone,
+    clean_bindings: None,
+) -> None:
+    """A far end answering PCMU without telephone-event, an Opus-only Chromium (transcoded),
+    media.dtmf_info_to_rfc4733 on: the browser is answered without telephone-event, so it
+    cannot send RFC 4733 events that nobody could carry (SIP.js reports it); its INFO
+    digits cannot become events either, so the gateway relays them as INFO, and the far
+    end gets every digit."""
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU",))
+    await far.start()
+    extra: dict[str, dict[str, object]] = {"media": {"dtmf_info_to_rfc4733": True}}
+    try:
+        async with running_gateway(
+            kamailio, tmp_path / "gateway", request, workers=0, extra=extra
+        ) as gateway:
+            registered = await register(
+                phone, gateway.ws_url, "alice", codecDelete=["(?!opus|telephone-event).*"]
+            )
+            assert registered["event"] == "onRegistered", registered
+            await call_far_end(phone, far)
+            assert far.telephone_event_payload_type is None
+            assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
+                BROWSER_TONE_HZ, abs=TOLERANCE_HZ
+            )
+            assert await call_mode(gateway) == ("transcode", "opus<->PCMU")
+            with pytest.raises(BrowserError, match="cannot send RFC 4733"):
+                await phone.send_dtmf("5", "rfc4733")
+
+            await phone.send_dtmf("28", "info", durationMs=DTMF_DURATION_MS)
+            sent = [await phone.wait_for("onDtmfSent", timeout=STEP_TIMEOUT_S) for _ in "28"]
+            assert [(e["digit"], e["statusCode"]) for e in sent] == [("2", 200), ("8", 200)]
+            assert far.dtmf_info_digits() == "28"
+            assert await gateway.metric("gateway_dtmf_info_total", outcome="relayed") == 2
+            assert await gateway.metric("gateway_dtmf_info_total", outcome="converted") == 0
+            assert far.payload_types_seen == {0}
             await hang_up_from_browser(phone, far)
     finally:
         await far.close()
