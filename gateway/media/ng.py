@@ -1365,7 +1365,11 @@ class NgCommands:
             raise _CommandError(f"no offered codec can be transcoded to {chosen.name}")
         web, rtp = (partner, chosen) if answered_by == PLAIN else (chosen, partner)
         rtp_event = switch_event = _event(switch.codecs, 8000)
-        web_event = _event(browser.codecs, web.clock)
+        # The browser's events at its codec's clock (RFC 4733 §2.1); Firefox has only
+        # te/8000 beside opus and counts its timestamps and durations in the Opus clock
+        # (libwebrtc measures durations as RTP timestamp spans), so the stream's clock
+        # still applies: its te/8000 is used the same way.
+        web_event = _event(browser.codecs, web.clock) or _event(browser.codecs, 8000)
         if rtp_event is None or web_event is None:
             rtp_event = web_event = None  # RFC 4733 events need both legs to carry them
         return _Mode(

@@ -9,6 +9,7 @@ over real UDP in tests/integration/test_ng_control.py.
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -749,6 +750,34 @@ def test_switch_answering_pcmu_to_opus_only_browser_transcodes(
     assert modes == [("c1", "transcode opus<->PCMU")]
     stats = tng.handle({"command": "statistics"}, 1003.0)["statistics"]
     assert stats["currentstatistics"]["transcodedmedia"] == 1  # type: ignore[index]
+
+
+def test_firefox_opus_only_keeps_its_telephone_event_8000_when_transcoded(
+    tng: NgCommands, backend: FakeBackend
+) -> None:
+    """Firefox offers telephone-event/8000 only, beside opus (PITFALLS "What the two
+    browsers' SDP looks like"): answered without it, Firefox cannot send RFC 4733 at all.
+    Transcoded, it is answered te/8000 on its own type, and the events it sends on the
+    Opus stream (timestamps and durations in the stream's 48 kHz clock, as libwebrtc
+    counts them) are mapped to the switch's te/8000 like Chromium's te/48000."""
+    firefox = text("firefox_offer.sdp").replace(
+        "m=audio 9 UDP/TLS/RTP/SAVPF 109 9 0 8 101", "m=audio 9 UDP/TLS/RTP/SAVPF 109 101"
+    )
+    assert browser_offer(tng, sdp=firefox)["result"] == "ok"
+    reply = switch_answer(tng)  # PCMU 0 + te/8000 101
+    assert reply["result"] == "ok", reply
+    assert names(reply["sdp"]) == [("opus", 48000, 109), ("telephone-event", 8000, 101)]
+    pipes = session(backend).transcoders()
+    to_rtp, to_webrtc = pipes["to_rtp"], pipes["to_webrtc"]
+    assert isinstance(to_rtp, RtpTranscoder) and isinstance(to_webrtc, RtpTranscoder)
+    assert (to_rtp.in_codec, to_rtp.in_pt, to_rtp.out_codec) == ("opus", 109, "PCMU")
+    assert (to_rtp.dtmf_in_pt, to_rtp.dtmf_out_pt) == (101, 101)
+    assert (to_webrtc.dtmf_in_pt, to_webrtc.dtmf_out_pt) == (101, 101)
+    # A Firefox event: 100 ms as 4800 units of the Opus clock, arriving as 800 at 8000.
+    header = struct.pack("!BBHII", 0x80, 0x80 | 101, 7, 96000, 0x1234)
+    out = to_rtp.transcode(header + struct.pack("!BBH", 5, 0x80 | 10, 4800), 1.0)
+    assert len(out) == 1 and out[0][1] & 0x7F == 101
+    assert struct.unpack_from("!BBH", out[0], 12) == (5, 0x80 | 10, 800)
 
 
 def test_shared_codec_stays_passthrough(
