@@ -186,29 +186,37 @@ def check_rescaled_events(
     assert steps(starts) == [s * SCALE for s in steps([e.timestamp for e in sent])]
 
 
+@pytest.mark.parametrize("event_clock", [BROWSER_CLOCK, SWITCH_CLOCK], ids=["te48000", "te8000"])
 async def test_far_end_digits_reach_the_opus_browser_rescaled_to_48000(
-    gateway: GatewayProcess, far: RtpFarEnd
+    gateway: GatewayProcess, far: RtpFarEnd, event_clock: int
 ) -> None:
-    """The far end sends "159#" at 8000; the Opus-only browser gets the same events at
-    48000 on its own telephone-event payload type, ×6, one start timestamp per event."""
+    """The far end sends "159#" at 8000; the Opus-only browser gets the same events on its
+    own telephone-event payload type in the Opus stream's 48000 clock, ×6, one start
+    timestamp per event.
+
+    ``te48000``: the browser offers telephone-event/48000 beside Opus (Chromium's choice).
+    ``te8000``: it offers only telephone-event/8000 beside Opus, as Firefox does; the gateway
+    must still answer it (without it Firefox cannot send DTMF at all) and the events still
+    count in the Opus stream's clock, as libwebrtc's sender and receiver do."""
     ua = WebRtcUa(
         gateway.ws_url,
         "alice",
         "alicepw",
         tone_hz=UA_TONE,
         codecs=["opus"],
-        telephone_event=BROWSER_CLOCK,
+        telephone_event=event_clock,
     )
     try:
         assert (await ua.register()).status == 200
         call = await ua.call(f"sip:9{far.port}@{REALM}")
         assert call.status == 200 and call.sdp_error is None, (call.status, call.sdp_error)
-        # The browser offered telephone-event/48000 beside Opus and nothing at 8000...
+        # The browser offered telephone-event at one clock beside Opus...
         offer = ua.sent("INVITE")[0].body.decode()
-        assert telephone_event_types(offer) == {TELEPHONE_EVENT_PT: BROWSER_CLOCK}, offer
-        # ...the gateway answered it at 48000, the far end answered telephone-event/8000.
+        assert telephone_event_types(offer) == {TELEPHONE_EVENT_PT: event_clock}, offer
+        # ...the gateway answered it as offered, the far end answered telephone-event/8000.
         answered = telephone_event_types(call.remote_sdp or "")
-        browser_pt = next(pt for pt, clock in answered.items() if clock == BROWSER_CLOCK)
+        assert answered == {TELEPHONE_EVENT_PT: event_clock}, call.remote_sdp
+        browser_pt = TELEPHONE_EVENT_PT
         far_pt = far.telephone_event_payload_type
         assert far_pt is not None, far.received("INVITE")[0].body
         assert await hear(far.dominant_frequency, UA_TONE) == pytest.approx(UA_TONE, abs=TOLERANCE)
