@@ -14,9 +14,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # --- system packages -------------------------------------------------------
 # libopus0: Opus (bound directly); libbcg729-0: G.729 (optional, GPLv3, loaded at run time)
 run_pkgs=(python3 python3-venv python3-pip libopus0 libbcg729-0 openssl ca-certificates)
-# The switch (Kamailio), the far end (sipp), TURN (coturn), the browser (Chromium)
+# The switch (Kamailio), the far end (sipp), TURN (coturn), the browsers (Chromium,
+# Firefox ESR: driven by the npm packages below, which never download a browser)
 test_pkgs=(kamailio kamailio-websocket-modules kamailio-tls-modules sip-tester coturn
-           chromium chromium-driver espeak-ng sox rtpengine-daemon)
+           chromium chromium-driver firefox-esr espeak-ng sox rtpengine-daemon)
 pkgs=("${run_pkgs[@]}")
 [ "$mode" = run ] || pkgs+=("${test_pkgs[@]}")
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)

@@ -115,6 +115,7 @@ __all__ = [
     "MAX_INT_DIGITS",
     "MAX_CALLS",
     "LIST_LIMIT",
+    "DTMF_MIN_TO_SWITCH_MS",
 ]
 
 MAX_MESSAGE_SIZE = 65535
@@ -133,6 +134,10 @@ LIST_LIMIT = 32
 """Default ``limit`` of the ``list`` command (rtpengine's)."""
 DEFAULT_PTIME_MS = 20
 """Packet duration used when an SDP has no usable a=ptime (RFC 3551 §4.5: 20 ms)."""
+DTMF_MIN_TO_SWITCH_MS = 100
+"""Shortest RFC 4733 event reported toward the switch on a transcoded call: what SIP.js,
+JsSIP and the gateway's own INFO conversion play by default, and well above what DTMF
+detectors need (Firefox's digits arrive one sixth as long: see gateway.media.transcode)."""
 NTP_OFFSET = 2_208_988_800
 """Seconds from 1900 (NTP era) to 1970: o= session ids are NTP times (RFC 8866 §5.2)."""
 
@@ -1406,6 +1411,7 @@ class NgCommands:
                     out_ptime_ms=mode.rtp_ptime,
                     dtmf_in_pt=w_ev,
                     dtmf_out_pt=r_ev,
+                    dtmf_min_duration_ms=DTMF_MIN_TO_SWITCH_MS,
                     opus_complexity=policy.opus_complexity,
                 )
                 to_webrtc = make_transcoder(

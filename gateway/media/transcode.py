@@ -21,7 +21,12 @@ buffer, DESIGN "Media").
 
 Telephone events (RFC 4733): relayed one for one with the payload type mapped, the
 timestamp mapped and the duration rescaled (end-of-event retransmissions are separate
-packets and stay so). Comfort noise (RFC 3389, payload type 13) and any other payload type
+packets and stay so). Only the first packet of an event keeps a marker bit (§2.5.1.1: a
+receiver may take each marker for a new digit). With ``dtmf_min_duration_ms`` (set toward
+the switch) a shorter event is reported at that duration: Firefox, offering only
+telephone-event/8000 beside Opus, ends each digit after a sixth of the length asked (it
+compares a length in 8000-clock units with elapsed Opus timestamps), so a 100 ms digit
+arrives as one 20 ms report, under what DTMF detectors accept. Comfort noise (RFC 3389, payload type 13) and any other payload type
 are dropped and counted, as are malformed packets and payloads the decoder refuses:
 :meth:`RtpTranscoder.transcode` never raises on input.
 
@@ -128,6 +133,7 @@ class RtpTranscoder:
         out_ptime_ms: int = 20,
         dtmf_in_pt: int | None = None,
         dtmf_out_pt: int | None = None,
+        dtmf_min_duration_ms: int = 0,
         cn_in_pt: int | None = PT_CN,
         opus_complexity: int = 5,
         opus_fec: bool = True,
@@ -144,7 +150,8 @@ class RtpTranscoder:
 
         ``in_clock``/``out_clock`` are the RTP clocks negotiated in SDP (48000 for Opus,
         8000 otherwise); ``dtmf_*_pt`` the ``telephone-event`` payload types on each leg
-        (events are dropped unless both are set); ``cn_in_pt`` the comfort-noise payload
+        (events are dropped unless both are set), ``dtmf_min_duration_ms`` the shortest
+        event duration reported on the output (0: as received); ``cn_in_pt`` the comfort-noise payload
         type counted under ``drop_cn``. The ``opus_*`` options set the Opus encoder when
         the output is Opus (:func:`gateway.media.codecs.opus.encoder_options_from_fmtp`
         derives them from the browser's fmtp); with ``opus_dtx`` the frames libopus marks as
@@ -178,6 +185,10 @@ class RtpTranscoder:
         self.dtmf_in_pt = dtmf_in_pt if dtmf_out_pt is not None else None
         self.dtmf_out_pt = dtmf_out_pt
         self._dtmf_out_pt = 0 if dtmf_out_pt is None else dtmf_out_pt
+        if not 0 <= dtmf_min_duration_ms <= 1000:
+            raise ValueError(f"dtmf_min_duration_ms {dtmf_min_duration_ms} outside 0-1000")
+        self._dtmf_min = out_clock * dtmf_min_duration_ms // 1000
+        self._event_ts = -1  # input timestamp of the last event relayed (marker once)
         self.cn_in_pt = cn_in_pt
         self.ssrc = (secrets.randbits(32) if ssrc is None else ssrc) & _U32
         dec_opts: dict[str, Any] = {"frame_ms": in_ptime_ms}
@@ -273,7 +284,7 @@ class RtpTranscoder:
         if pt == self.in_pt:
             return self._audio(packet[start:end], b1 & 0x80, seq, ts, ssrc)
         if pt == self.dtmf_in_pt:
-            return self._event(packet[start:end], b1 & 0x80, seq, ts, ssrc)
+            return self._event(packet[start:end], seq, ts, ssrc)
         if pt == self.cn_in_pt:
             self.drop_cn += 1
         else:
@@ -417,7 +428,7 @@ class RtpTranscoder:
 
     # ------------------------------------------------------------------ RFC 4733 events
 
-    def _event(self, payload: bytes, marker: int, seq: int, ts: int, ssrc: int) -> list[bytes]:
+    def _event(self, payload: bytes, seq: int, ts: int, ssrc: int) -> list[bytes]:
         out: list[bytes] = []
         if self._track(seq, ts, ssrc, out) < 0:
             return out
@@ -431,6 +442,12 @@ class RtpTranscoder:
         except DtmfError:
             self.drop_malformed += 1
             return out
+        if self._dtmf_min and body[2] << 8 | body[3] < self._dtmf_min:
+            body = body[:2] + self._dtmf_min.to_bytes(2, "big")
+        # One marker per event (its input start timestamp, whatever the segments out):
+        # Firefox marks all three end packets of a one-packet digit.
+        marker = ts != self._event_ts
+        self._event_ts = ts
         seq_out = self._seq
         self._seq = (seq_out + 1) & 0xFFFF
         self.packets_out += 1

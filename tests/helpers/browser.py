@@ -1,9 +1,12 @@
 """Async wrapper around the browser webphone driver (tests/clients/sipjs/driver.mjs).
 
-The driver runs headless Chromium (the system's, through playwright-core: no browser is ever
-downloaded) on the SIP.js webphone page tests/clients/sipjs/index.html, which this module
-serves from a small static HTTP server on 127.0.0.1. Media is real: Chromium's WebRTC stack,
-with its fake capture device playing a WAV tone written by :func:`write_tone_wav`.
+The driver runs a headless browser on the SIP.js webphone page
+tests/clients/sipjs/index.html, which this module serves from a small static HTTP server on
+127.0.0.1: the system's Chromium through playwright-core (the default), or the system's
+Firefox through puppeteer-core over WebDriver BiDi (``browser="firefox"``). No browser is ever
+downloaded. Media is real: the browser's own WebRTC stack. Chromium's fake capture device plays
+a WAV tone written by :func:`write_tone_wav`; Firefox's fake microphone is its built-in sine
+tone, set to the same frequency through a pref.
 
 Typical use::
 
@@ -50,15 +53,21 @@ CLIENT_DIR = Path(__file__).resolve().parent.parent / "clients" / "sipjs"
 DRIVER = CLIENT_DIR / "driver.mjs"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 """Binaries looked for on PATH when $CHROMIUM is not set."""
+FIREFOX_NAMES = ("firefox-esr", "firefox")
+"""Binaries looked for on PATH when $FIREFOX is not set (Debian's is /usr/bin/firefox-esr)."""
+BROWSERS = ("chromium", "firefox")
+"""The browsers the driver can run."""
+DRIVER_PACKAGES = {"chromium": "playwright-core", "firefox": "puppeteer-core"}
+"""The npm package that drives each browser."""
 
 START_TIMEOUT_S = 30.0
-"""How long start() waits for Chromium to launch and the page to load."""
+"""How long start() waits for the browser to launch and the page to load."""
 CALL_TIMEOUT_S = 15.0
 """Default time a phone method may take before its result is given up on."""
 STOP_GRACE_S = 5.0
-"""How long close() lets the driver un-REGISTER, close Chromium and exit before killing it."""
+"""How long close() lets the driver un-REGISTER, close the browser and exit before killing it."""
 REAP_TIMEOUT_S = 5.0
-"""How long close() waits for killed Chromium processes to disappear."""
+"""How long close() waits for killed browser processes to disappear."""
 ARTIFACTS_TIMEOUT_S = 8.0
 """How long a failure waits for the driver to save the console log and screenshot."""
 MAX_EVENT_LINE = 8 * 1024 * 1024
@@ -89,9 +98,19 @@ def find_chromium() -> str:
     raise BrowserError(f"no Chromium found on PATH ({', '.join(CHROMIUM_NAMES)}); set CHROMIUM")
 
 
-def ensure_driver_installed() -> None:
+def find_firefox() -> str:
+    """The Firefox binary: $FIREFOX if set, else the first of FIREFOX_NAMES on PATH."""
+    if env := os.environ.get("FIREFOX"):
+        return env
+    for name in FIREFOX_NAMES:
+        if path := shutil.which(name):
+            return path
+    raise BrowserError(f"no Firefox found on PATH ({', '.join(FIREFOX_NAMES)}); set FIREFOX")
+
+
+def ensure_driver_installed(browser: str = "chromium") -> None:
     """Raise BrowserError with the fix if the driver's npm packages are not installed."""
-    for package in ("sip.js", "playwright-core"):
+    for package in ("sip.js", DRIVER_PACKAGES[browser]):
         if not (CLIENT_DIR / "node_modules" / package / "package.json").is_file():
             raise BrowserError("SIP.js page packages missing: run `npm ci` in tests/clients/sipjs")
 
@@ -183,7 +202,8 @@ def _cmdline(pid: int) -> str:
 
 
 class BrowserPhone:
-    """One headless Chromium running the SIP.js webphone page, through a Node driver.
+    """One headless browser (Chromium or Firefox) running the SIP.js webphone page, through a
+    Node driver.
 
     Events are appended to :attr:`events` in the order the driver wrote them. ``wait_for``
     returns the earliest matching event that no earlier ``wait_for`` call has returned, so events
@@ -197,27 +217,32 @@ class BrowserPhone:
         server: StaticServer,
         artifacts_dir: Path,
         user_data_dir: Path,
+        browser: str = "chromium",
     ) -> None:
         """Wrap a started driver process; use :meth:`start` instead."""
+        self.browser = browser
+        """Which browser runs the page: "chromium" or "firefox"."""
         self._proc = proc
         self._server = server
         self.artifacts_dir = artifacts_dir
         """Where console logs and screenshots go."""
         self.user_data_dir = user_data_dir
-        """Chromium's profile folder for this run (fresh, inside artifacts_dir's parent)."""
+        """The browser's profile folder for this run (fresh, inside artifacts_dir's parent)."""
         self.events: list[Event] = []
         """Every event received, in order."""
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         """The driver's last stderr lines (logs)."""
         self.info: Event = {}
-        """The driver's started event: chromium, user_agent, sipjs {package, library}."""
+        """The driver's started event: browser, version, user_agent, sipjs {package, library}
+        (and chromium, its version, for Chromium)."""
         self.artifacts: list[dict[str, Any]] = []
         """Every set of failure artifacts saved so far ({console, screenshot, reason})."""
         self._ids = itertools.count(1)
         self._taken: set[int] = set()
         self._changed = asyncio.Event()
         self._closed = False
-        self._chromium_sids: set[int] = set()
+        self._browser_sids: set[int] = set()
+        self._browser_pids: set[int] = set()
         self._stdout_task = asyncio.create_task(self._read_stdout())
         self._stderr_task = asyncio.create_task(self._read_stderr())
 
@@ -242,20 +267,39 @@ class BrowserPhone:
         workdir: Path,
         *,
         tone_hz: float = 1000.0,
+        browser: str = "chromium",
         chromium: str | None = None,
+        firefox: str | None = None,
         node: str | None = None,
         extra_args: list[str] | None = None,
+        firefox_prefs: dict[str, Any] | None = None,
     ) -> BrowserPhone:
-        """Write the tone file, serve the page, launch the driver and Chromium, load the page.
+        """Serve the page, launch the driver and the browser, load the page.
 
-        ``workdir`` (a pytest tmp dir) receives the tone WAV, Chromium's fresh profile and, on
-        failure, the console log and screenshot (under ``workdir/browser``).
+        ``browser`` is "chromium" (the default; binary ``chromium`` or :func:`find_chromium`)
+        or "firefox" (binary ``firefox`` or :func:`find_firefox`). The fake microphone plays a
+        sine tone of ``tone_hz``: a WAV file for Chromium, Firefox's own generator for
+        Firefox. ``extra_args`` go on the browser's command line; ``firefox_prefs`` are added
+        to (or override) the driver's Firefox prefs.
+
+        ``workdir`` (a pytest tmp dir) receives the tone WAV, the browser's fresh profile and,
+        on failure, the console log and screenshot (under ``workdir/browser``).
         """
-        ensure_driver_installed()
-        chromium = chromium or find_chromium()
+        if browser not in BROWSERS:
+            raise BrowserError(f"browser must be one of {BROWSERS}, not {browser!r}")
+        ensure_driver_installed(browser)
         workdir.mkdir(parents=True, exist_ok=True)
-        tone = write_tone_wav(workdir / f"tone-{int(tone_hz)}hz.wav", frequency_hz=tone_hz)
-        user_data_dir = workdir / "chromium-profile"
+        launch: dict[str, Any]
+        if browser == "chromium":
+            tone = write_tone_wav(workdir / f"tone-{int(tone_hz)}hz.wav", frequency_hz=tone_hz)
+            launch = {"chromium": chromium or find_chromium(), "fake_audio": str(tone)}
+        else:
+            launch = {
+                "firefox": firefox or find_firefox(),
+                "tone_hz": tone_hz,
+                "prefs": firefox_prefs or {},
+            }
+        user_data_dir = workdir / f"{browser}-profile"
         if user_data_dir.exists():
             shutil.rmtree(user_data_dir)
         user_data_dir.mkdir()
@@ -274,20 +318,26 @@ class BrowserPhone:
         except BaseException:
             server.close()
             raise
-        phone = cls(proc, server=server, artifacts_dir=artifacts_dir, user_data_dir=user_data_dir)
+        phone = cls(
+            proc,
+            server=server,
+            artifacts_dir=artifacts_dir,
+            user_data_dir=user_data_dir,
+            browser=browser,
+        )
         try:
             await phone._command(
                 "start",
                 timeout=START_TIMEOUT_S,
                 page_url=phone.page_url,
-                chromium=chromium,
+                browser=browser,
                 user_data_dir=str(user_data_dir),
-                fake_audio=str(tone),
                 artifacts_dir=str(artifacts_dir),
                 extra_args=extra_args or [],
+                **launch,
             )
             phone.info = await phone.wait_for("started", timeout=1)
-            phone._chromium_sids = phone._find_chromium_sessions()
+            phone._browser_sids = phone._find_browser_sessions()
         except BaseException:
             await phone.close()
             raise
@@ -397,29 +447,46 @@ class BrowserPhone:
 
     # ---- processes -------------------------------------------------------------------------
 
-    def chromium_processes(self) -> list[int]:
-        """Pids of every live process of this phone's Chromium (any of its sessions or profile)."""
+    def browser_processes(self) -> list[int]:
+        """Pids of every live process of this phone's browser (any of its sessions or profile).
+
+        Chromium's helpers (zygote, renderer, GPU, utility) and Firefox's content processes
+        (forkserver, tab, socket, RDD, utility) stay in the session the browser was started
+        in; the main process also names the profile folder on its command line. Firefox's
+        crash helper starts a session of its own, named by the main process's pid.
+        """
         profile = str(self.user_data_dir)
+        crash_helpers = {f"crashhelper {pid} " for pid in self._browser_pids}
         found = []
         for pid in _all_pids():
             stat = _read_proc_stat(pid)
             if stat is None:
                 continue
-            if stat[1] in self._chromium_sids or profile in _cmdline(pid):
+            cmdline = _cmdline(pid)
+            if (
+                stat[1] in self._browser_sids
+                or profile in cmdline
+                or any(helper in cmdline for helper in crash_helpers)
+            ):
                 found.append(pid)
         return found
 
-    async def close(self) -> int | None:
-        """Stop the phone, close Chromium, end the driver; kill what remains. Safe to call twice.
+    def chromium_processes(self) -> list[int]:
+        """The same as :meth:`browser_processes` (the name from Chromium-only days)."""
+        return self.browser_processes()
 
-        Afterwards no process of this phone's Chromium is left (see :meth:`chromium_processes`).
+    async def close(self) -> int | None:
+        """Stop the phone, close the browser, end the driver; kill what remains. Safe to call
+        twice.
+
+        Afterwards no process of this phone's browser is left (see :meth:`browser_processes`).
         """
         if self._closed:
             return self._proc.returncode
         self._closed = True
         proc = self._proc
-        if not self._chromium_sids:
-            self._chromium_sids = self._find_chromium_sessions()
+        if not self._browser_sids:
+            self._browser_sids = self._find_browser_sessions()
         if proc.returncode is None and proc.stdin is not None:
             with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
                 proc.stdin.write(b'{"cmd":"stop"}\n')
@@ -440,7 +507,7 @@ class BrowserPhone:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         try:
-            await self._reap_chromium()
+            await self._reap_browser()
         finally:
             self._server.close()
         return proc.returncode
@@ -462,26 +529,28 @@ class BrowserPhone:
 
     # ---- internals -------------------------------------------------------------------------
 
-    def _find_chromium_sessions(self) -> set[int]:
-        # Playwright starts Chromium detached (its own session); its helpers (zygote, renderer,
-        # GPU, utility) stay in that session. Remember the sessions of the driver's children.
+    def _find_browser_sessions(self) -> set[int]:
+        # Playwright and puppeteer start the browser detached (its own session); its helper and
+        # content processes stay in that session. Remember the sessions of the driver's
+        # children.
         sids = set()
         for pid in _all_pids():
             stat = _read_proc_stat(pid)
             if stat is not None and stat[0] == self._proc.pid and stat[1] != 0:
                 sids.add(stat[1])
+                self._browser_pids.add(pid)
         sids.discard(os.getsid(0))
         return sids
 
-    async def _reap_chromium(self) -> None:
+    async def _reap_browser(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + REAP_TIMEOUT_S
-        while pids := self.chromium_processes():
+        while pids := self.browser_processes():
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
             if loop.time() > deadline:
-                raise BrowserError(f"Chromium processes left behind: {pids}")
+                raise BrowserError(f"{self.browser} processes left behind: {pids}")
             await asyncio.sleep(0.05)
 
     async def _command(

@@ -445,6 +445,37 @@ def test_dtmf_digits_are_relayed_with_rescaled_timing(a: str, b: str) -> None:
     assert t.drop_payload_type == 0 and t.concealed_packets == 0
 
 
+def test_firefox_one_packet_digit_gets_one_marker_and_a_detectable_duration() -> None:
+    """Firefox with telephone-event/8000 beside Opus asked for 100 ms: it ends the digit at
+    once, as three end packets of 960 (20 ms of Opus clock), each with the marker bit.
+    Toward the switch that is one event (one marker) of at least the minimum duration."""
+    t = transcoder(
+        "opus", "PCMU", dtmf_in_pt=DTMF_IN_PT, dtmf_out_pt=DTMF_OUT_PT, dtmf_min_duration_ms=100
+    )
+    audio = send_stream("opus", tone_at("opus", 0.04))
+    run(t, audio)
+    ts = 50_000 + 2 * 960
+    digit = [
+        rtp(DTMF_IN_PT, 1002 + r, ts, pack_event(5, end=True, volume=10, duration=960), marker=True)
+        for r in range(3)
+    ]
+    out = run(t, digit)
+    assert [header(p)[0] for p in out] == [1, 0, 0]
+    assert [unpack_event(p[12:]).duration for p in out] == [800] * 3  # 100 ms at 8000
+    # A second digit is a new event: its first packet is marked again; a long digit keeps
+    # its own duration (the minimum only lengthens).
+    ts += 20 * 960
+    long = [
+        rtp(DTMF_IN_PT, 1005 + k, ts, pack_event(7, end=k == 2, volume=10, duration=d))
+        for k, d in enumerate((9600, 19200, 19200))
+    ]
+    out = run(t, long)
+    assert [header(p)[0] for p in out] == [1, 0, 0]
+    assert [unpack_event(p[12:]).duration for p in out] == [1600, 3200, 3200]
+    with pytest.raises(ValueError):
+        transcoder("opus", "PCMU", dtmf_min_duration_ms=5000)
+
+
 def test_lost_event_packets_do_not_trigger_audio_concealment() -> None:
     t = transcoder("opus", "PCMU", dtmf_in_pt=DTMF_IN_PT, dtmf_out_pt=DTMF_OUT_PT)
     audio = send_stream("opus", tone_at("opus", 0.1))
