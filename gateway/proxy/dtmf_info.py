@@ -16,7 +16,14 @@ unchanged rather than guessed at.
 
 from __future__ import annotations
 
-__all__ = ["parse_dtmf_info", "DTMF_RELAY", "DTMF", "DEFAULT_DURATION_MS", "MAX_BODY"]
+__all__ = [
+    "parse_dtmf_info",
+    "DTMF_RELAY",
+    "DTMF",
+    "DEFAULT_DURATION_MS",
+    "MAX_BODY",
+    "MAX_DURATION_DIGITS",
+]
 
 DTMF_RELAY = "application/dtmf-relay"
 DTMF = "application/dtmf"
@@ -24,6 +31,8 @@ DEFAULT_DURATION_MS = 100
 """Duration when the body gives none (SIP.js's and JsSIP's default tone length)."""
 MAX_BODY = 256
 """Longest body parsed; a DTMF INFO is a few dozen bytes."""
+MAX_DURATION_DIGITS = 6
+"""Longest ``Duration`` value taken (999 999 ms); the media layer clamps to 40-5000 ms."""
 
 _DIGITS = "0123456789*#ABCD"
 
@@ -62,8 +71,8 @@ def parse_dtmf_info(content_type: str | None, body: bytes) -> tuple[str, int] | 
             signal = value
         elif name == "duration":
             value = value.strip()
-            if not value.isdigit():
-                return None
+            if not value.isdigit() or len(value) > MAX_DURATION_DIGITS:
+                return None  # not a duration anyone meant: relayed, not guessed at
             duration = int(value)
     digit = None if signal is None else _digit(signal)
     return None if digit is None else (digit, duration)

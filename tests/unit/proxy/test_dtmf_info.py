@@ -35,6 +35,7 @@ def test_dtmf_bodies_are_read(content_type: str, body: bytes, expected: tuple[st
         ("application/dtmf-relay", b"Signal=16"),
         ("application/dtmf-relay", b"Signal=5\nDuration=-3"),
         ("application/dtmf-relay", b"Signal=5\nDuration=1e3"),
+        ("application/dtmf-relay", b"Signal=5\nDuration=" + b"9" * 200),  # bencode-sized
         ("application/dtmf-relay", "Signal=\u0665".encode()),
         ("application/dtmf", b"55"),
         ("application/dtmf-relay", b"Signal=5\n" + b"x" * MAX_BODY),
