@@ -751,3 +751,52 @@ async def test_switch_without_telephone_event_gets_the_browsers_info_digits(
             await hang_up_from_browser(phone, far)
     finally:
         await far.close()
+
+
+async def test_hold_and_unhold_on_a_transcoded_call(
+    gateway: GatewayProcess, phone: BrowserPhone, clean_bindings: None
+) -> None:
+    """Hold and unhold re-INVITEs on an Opus-only browser's call to a PCMU-only far end: the
+    far end is offered sendonly then sendrecv, the browser gets (almost) nothing while
+    held, and after unhold the call is still transcoded by the same pipeline (the mode was
+    chosen once), with the tones heard both ways."""
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU",))
+    await far.start()
+    try:
+        registered = await register(
+            phone, gateway.ws_url, "alice", codecDelete=["(?!opus|telephone-event).*"]
+        )
+        assert registered["event"] == "onRegistered", registered
+        await call_far_end(phone, far)
+        assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
+            BROWSER_TONE_HZ, abs=TOLERANCE_HZ
+        )
+        assert await browser_receives_tone(phone) > LEVEL_THRESHOLD
+        assert await call_mode(gateway) == ("transcode", "opus<->PCMU")
+
+        await phone.hold()
+        assert (await phone.wait_for("onHold"))["held"] is True
+        reinvites = far.received("INVITE")
+        assert len(reinvites) == 2 and audio_direction(reinvites[1].body) == "sendonly"
+        await asyncio.sleep(0.5)  # packets already in flight
+        held = await packets_in_one_second(phone)
+        assert held <= HELD_PACKETS_MAX, f"{held} packets reached the browser while held"
+
+        await phone.unhold()
+        assert (await phone.wait_for("onHold"))["held"] is False
+        reinvites = far.received("INVITE")
+        assert len(reinvites) == 3 and audio_direction(reinvites[2].body) == "sendrecv"
+        assert await call_mode(gateway) == ("transcode", "opus<->PCMU")
+        assert await packets_in_one_second(phone) >= PACKETS_PER_SECOND_MIN
+        assert await browser_receives_tone(phone) > LEVEL_THRESHOLD
+        assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
+            BROWSER_TONE_HZ, abs=TOLERANCE_HZ
+        )
+        assert far.payload_types_seen == {0}
+        chosen = await gateway.metric(
+            "gateway_media_modes_chosen_total", mode="transcode", codec="opus<->PCMU"
+        )
+        assert chosen == 1, chosen
+        await hang_up_from_browser(phone, far)
+    finally:
+        await far.close()

@@ -427,6 +427,10 @@ async function reinvite(call, hold) {
   const options = session.sessionDescriptionHandlerOptionsReInvite;
   options.hold = hold;
   session.sessionDescriptionHandlerOptionsReInvite = options;
+  // Codec Delete holds for every offer of the call, re-INVITEs (hold, unhold) included, as
+  // in the ConnexCS phone: otherwise a hold re-offer brings the deleted codecs back.
+  const patterns = cfg().codecDelete;
+  session.sessionDescriptionHandlerModifiersReInvite = patterns.length ? [codecDeleteModifier(patterns)] : [];
   const outcome = new Promise((resolve, reject) => {
     session
       .invite({
