@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.media.codecs import available_codecs
 from gateway.media.ng import DTMF_MIN_TO_SWITCH_MS
 from gateway.sdp.model import parse as parse_sdp
 from tests.e2e.test_browser_calls import (
@@ -102,6 +103,8 @@ no tolerance: durations are whole packets, and any other value means a different
 packetisation, clock mapping or minimum."""
 PASSTHROUGH_TE_TOLERANCE = PACKET_MS * SWITCH_CLOCK // 1000
 """One 20 ms packet at 8000 (160 units): Firefox rounds a tone to whole packets."""
+PT_G729 = 18
+"""G.729's static payload type (RFC 3551 §6)."""
 END_PACKETS = 3
 """End-of-event packets per event, as Firefox (libwebrtc) sends them."""
 SDPARTA = re.compile(
@@ -404,3 +407,65 @@ async def test_firefox_hold_and_unhold(
     assert (await far.send_bye()).status == 200
     ended = await firefox.wait_for("onEnd", timeout=STEP_TIMEOUT_S)
     assert ended["cause"] == "remote_hangup", ended
+
+
+@pytest.mark.skipif(
+    available_codecs()["G729"] is not None, reason="libbcg729 is not installed on this machine"
+)
+async def test_g729_caller_reaches_firefox_and_gets_its_rfc4733_digits(
+    kamailio: Kamailio, gateway: GatewayProcess, firefox: BrowserPhone, clean_bindings: None
+) -> None:
+    """The other direction: a far end offering only G.729 + telephone-event/8000 calls
+    Firefox (auto-answer). Firefox has no G.729, so the gateway offers it the [codecs]
+    browser list beside it and transcodes to whatever Firefox answers; Firefox answers
+    telephone-event/8000 (its only rate), and its RFC 4733 digits reach the caller on the
+    caller's telephone-event type, each reported at >= 100 ms with one marker."""
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("G729", "telephone-event"))
+    await far.start()
+    try:
+        registered = await register(firefox, gateway.ws_url, "bob", autoAnswer=True)
+        assert registered["event"] == "onRegistered", registered
+        inviting = asyncio.ensure_future(far.invite("bob", (kamailio.ip, kamailio.udp_port)))
+        try:
+            incoming = await firefox.wait_for("onIncoming", timeout=STEP_TIMEOUT_S)
+            assert incoming["autoAnswer"] is True
+            final = await asyncio.wait_for(inviting, STEP_TIMEOUT_S)
+        finally:
+            if not inviting.done():
+                inviting.cancel()
+            await asyncio.gather(inviting, return_exceptions=True)
+        assert final.status == 200, final
+        # The caller is answered in its own codec and telephone-event.
+        answered = offered_codecs(final.body)
+        assert list(answered.values())[0] == "G729/8000", answered
+        te_pt = far.telephone_event_payload_type
+        assert te_pt is not None and answered[te_pt] == "telephone-event/8000", answered
+        await firefox.wait_for("onAnswer", timeout=STEP_TIMEOUT_S)
+        mode, codec = await call_mode(gateway)
+        assert mode == "transcode" and codec.endswith("<->G729"), (mode, codec)
+        assert await far_hears(far, FIREFOX_TONE_HZ) == pytest.approx(
+            FIREFOX_TONE_HZ, abs=TOLERANCE_HZ
+        )
+        assert await browser_receives_tone(firefox) > LEVEL_THRESHOLD
+
+        digits = "*5#"
+        await firefox.send_dtmf(digits, "rfc4733", durationMs=DTMF_DURATION_MS)
+        played = [await firefox.wait_for("onDtmfSent", timeout=STEP_TIMEOUT_S) for _ in digits]
+        assert "".join(e["digit"] for e in played) == digits
+        await wait_events(far, te_pt, len(digits))
+        events = events_by_timestamp(far, te_pt)
+        print(
+            f"{codec}: telephone-event durations at the caller: {[event_duration(e) for e in events]}"
+        )
+        assert [e[0].payload[0] for e in events] == [EVENT_CODES[d] for d in digits], events
+        for event in events:
+            assert [p.marker for p in event][:1] == [True], event
+            assert not any(p.marker for p in event[1:]), event
+            assert sum(1 for p in event if p.payload[1] & 0x80) == END_PACKETS, event
+            assert event_duration(event) >= DTMF_MIN_TO_SWITCH_MS * SWITCH_CLOCK // 1000, event
+        assert far.payload_types_seen == {PT_G729, te_pt}
+        assert (await far.send_bye()).status == 200
+        ended = await firefox.wait_for("onEnd", timeout=STEP_TIMEOUT_S)
+        assert ended["cause"] == "remote_hangup", ended
+    finally:
+        await far.close()
