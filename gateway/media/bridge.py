@@ -660,7 +660,7 @@ class Bridge:
                 self._dtls_flush(dest)
         if wallclock is not None:
             self.wallclock_offset = wallclock - now
-        if self.transcoder_to_rtp is not None or self.transcoder_to_webrtc is not None:
+        if self.rtcp_terminated:
             self._send_reports(now)
         if self.dtmf_to_rtp is not None:
             self._send_dtmf(now)

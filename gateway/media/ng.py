@@ -79,6 +79,7 @@ from gateway.media.codecs import CodecError
 from gateway.media.codecs.opus import NARROWBAND_FEC_BITRATE, encoder_options_from_fmtp
 from gateway.media.dtmf_send import DEFAULT_DURATION_MS, event_code
 from gateway.media.ports import PortsExhausted
+from gateway.media.rtcp import NTP_UNIX_OFFSET
 from gateway.media.transcode import RtpTranscoder, make_transcoder, pairs
 from gateway.sdp.errors import SdpError
 from gateway.sdp.model import SessionDescription, parse
@@ -138,8 +139,6 @@ DTMF_MIN_TO_SWITCH_MS = 100
 """Shortest RFC 4733 event reported toward the switch on a transcoded call: what SIP.js,
 JsSIP and the gateway's own INFO conversion play by default, and well above what DTMF
 detectors need (Firefox's digits arrive one sixth as long: see gateway.media.transcode)."""
-NTP_OFFSET = 2_208_988_800
-"""Seconds from 1900 (NTP era) to 1970: o= session ids are NTP times (RFC 8866 §5.2)."""
 
 BValue = int | bytes | list["BValue"] | dict[bytes, "BValue"]
 """A decoded bencode value: byte strings stay bytes."""
@@ -462,6 +461,7 @@ class NgSession(Protocol):
     def set_payload_map(self, *, to_rtp: dict[int, int], to_webrtc: dict[int, int]) -> None: ...
     def set_direction(self, leg: str, direction: str) -> None: ...
     def set_transcoder(self, pipeline: str, transcoder: RtpTranscoder | None) -> None: ...
+    def set_clock_rates(self, *, webrtc: int, rtp: int) -> None: ...
     def play_dtmf(self, code: int, duration_ms: int, payload_type: int) -> None:
         """Queue one RFC 4733 event toward the switch (``payload_type``: its te/8000)."""
         ...
@@ -1436,10 +1436,13 @@ class NgCommands:
             session.set_transcoder("to_rtp", to_rtp)
             session.set_transcoder("to_webrtc", to_webrtc)
             call.transcoders = {"to_rtp": to_rtp, "to_webrtc": to_webrtc}
-        elif mode.mode == "passthrough" and previous is not None and previous.mode == "transcode":
-            session.set_transcoder("to_rtp", None)
-            session.set_transcoder("to_webrtc", None)
-            call.transcoders = {}
+        elif mode.mode == "passthrough" and mode != previous:
+            if previous is not None and previous.mode == "transcode":
+                session.set_transcoder("to_rtp", None)
+                session.set_transcoder("to_webrtc", None)
+                call.transcoders = {}
+            # The shared codec's clock, for the legs' RTCP jitter (a transcoder sets its own).
+            session.set_clock_rates(webrtc=mode.webrtc.clock, rtp=mode.rtp.clock)
         call.mode = mode
         if self.on_mode is not None and (previous is None or previous.label != mode.label):
             self.on_mode(call.call_id, mode.label)
@@ -1484,7 +1487,7 @@ class NgCommands:
         except PortsExhausted as exc:
             self.rejected += 1
             raise _CommandError(f"no free media ports: {exc}") from None
-        ntp = int(now) + NTP_OFFSET
+        ntp = int(now) + NTP_UNIX_OFFSET  # o= session ids are NTP times (RFC 8866 §5.2)
         call = _Call(
             call_id,
             session,

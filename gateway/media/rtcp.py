@@ -36,6 +36,8 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from gateway.sdp.rewrite import STATIC_PAYLOAD_TYPES
+
 __all__ = [
     "RtcpError",
     "ReportBlock",
@@ -127,25 +129,7 @@ _BLOCK = struct.Struct("!IIIIII")  # SSRC, fraction|lost, highest seq, jitter, L
 _SEQ_TS_SSRC = struct.Struct("!HII")
 _TS = struct.Struct("!I")
 #: RTP clocks of the static audio payload types (RFC 3551 §6, table 4).
-_STATIC_CLOCKS = {
-    0: 8000,
-    3: 8000,
-    4: 8000,
-    5: 8000,
-    6: 16000,
-    7: 8000,
-    8: 8000,
-    9: 8000,  # G.722: 8000 in SDP although sampled at 16 kHz (RFC 3551 §4.5.2)
-    10: 44100,
-    11: 44100,
-    12: 8000,
-    13: 8000,
-    14: 90000,
-    15: 8000,
-    16: 11025,
-    17: 22050,
-    18: 8000,
-}
+_STATIC_CLOCKS = {pt: clock for pt, (_, clock, _) in STATIC_PAYLOAD_TYPES.items()}
 
 
 class RtcpError(ValueError):

@@ -225,6 +225,10 @@ class MediaSession:
         """Plug a transcoder into ``"to_rtp"`` or ``"to_webrtc"`` (None = passthrough)."""
         self.bridge.set_transcoder(pipeline, transcoder)
 
+    def set_clock_rates(self, *, webrtc: int, rtp: int) -> None:
+        """RTP clocks of the legs' codecs in passthrough (see Bridge.set_clock_rates)."""
+        self.bridge.set_clock_rates(webrtc=webrtc, rtp=rtp)
+
     def play_dtmf(self, code: int, duration_ms: int, payload_type: int) -> None:
         """Send one RFC 4733 event toward the switch (``payload_type``: its te/8000)."""
         self.bridge.play_dtmf(code, duration_ms, payload_type, self._loop.time())

@@ -31,9 +31,8 @@ from typing import Any
 import pytest
 
 from gateway.sdp.model import parse as parse_sdp
-from gateway.transport.ng_client import NgClient
 from tests.helpers.browser import BrowserError, BrowserPhone
-from tests.helpers.gateway import GATEWAY_IP, GatewayProcess
+from tests.helpers.gateway import GATEWAY_IP, GatewayProcess, serving
 from tests.helpers.kamailio import KAMAILIO_IP, SIPP_IP, USERS, Kamailio
 from tests.helpers.kamailio import free_port as free_port_on
 from tests.helpers.rtp_far_end import ReceivedRtp, RtpFarEnd
@@ -102,19 +101,8 @@ async def running_gateway(
         ports=MEDIA_PORTS,
         extra=extra,
     )
-    await gw.start()
-    try:
+    async with serving(gw, request, forbid=(" ERROR ", "Traceback")):
         yield gw
-    finally:
-        code = await gw.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print("---- gateway log (tail) ----\n" + gw.log_text()[-30000:])
-        assert code == 0, f"gateway exit code {code}\n{gw.log_text()[-5000:]}"
-        errors = [
-            line for line in gw.log_text().splitlines() if " ERROR " in line or "Traceback" in line
-        ]
-        assert not errors, "gateway logged errors:\n" + "\n".join(errors[:20])
 
 
 @pytest.fixture
@@ -267,21 +255,6 @@ def browser_offer_codecs(gateway_log: str) -> list[str]:
     return [by_pt.get(pt, f"static/{pt}") for pt in found.group(0).split("\n")[0].split()[3:]]
 
 
-async def call_mode(gw: GatewayProcess) -> tuple[str, str]:
-    """(mode, codec) of the one call the gateway's media layer holds (NG list + query)."""
-    assert gw.control is not None
-    client = await NgClient.connect(*gw.control)
-    try:
-        listed = await client.request({"command": "list"})
-        calls = listed.get("calls")
-        assert isinstance(calls, list) and len(calls) == 1, listed
-        reply = await client.request({"command": "query", "call-id": calls[0]})
-    finally:
-        await client.close()
-    assert reply.get("result") == "ok", reply
-    return str(reply.get("mode")), str(reply.get("codec"))
-
-
 def event_packets(far: RtpFarEnd, payload_type: int) -> list[list[ReceivedRtp]]:
     """The far end's received packets of ``payload_type`` grouped into RFC 4733 events, in
     arrival order: a new event starts at a marker bit (RFC 4733 §2.5.1.1) or a new event
@@ -294,6 +267,23 @@ def event_packets(far: RtpFarEnd, payload_type: int) -> list[list[ReceivedRtp]]:
             events.append([])
         events[-1].append(packet)
     return events
+
+
+OPUS_ONLY = ["(?!opus|telephone-event).*"]
+"""ConnexCS-style Codec Delete leaving Opus (and telephone-event) only: the browser shares no
+codec with a G.711 far end, so the gateway transcodes."""
+
+
+async def opus_only_call(
+    phone: BrowserPhone, gateway: GatewayProcess, far: RtpFarEnd, tone_hz: float = BROWSER_TONE_HZ
+) -> None:
+    """Register ``phone`` as alice with only Opus left and call ``far`` (PCMU): the far end
+    hears the browser's ``tone_hz`` and the gateway reports the call transcoded."""
+    registered = await register(phone, gateway.ws_url, "alice", codecDelete=OPUS_ONLY)
+    assert registered["event"] == "onRegistered", registered
+    await call_far_end(phone, far)
+    assert await far_hears(far, tone_hz) == pytest.approx(tone_hz, abs=TOLERANCE_HZ)
+    assert await gateway.media_mode() == ("transcode", "opus<->PCMU")
 
 
 async def hang_up_from_browser(phone: BrowserPhone, far: RtpFarEnd) -> None:
@@ -540,14 +530,7 @@ async def test_opus_only_browser_to_g711_only_far_end_is_transcoded(
     far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event"))
     await far.start()
     try:
-        registered = await register(
-            phone, gateway.ws_url, "alice", codecDelete=["(?!opus|telephone-event).*"]
-        )
-        assert registered["event"] == "onRegistered", registered
-        await call_far_end(phone, far)
-        assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
-            BROWSER_TONE_HZ, abs=TOLERANCE_HZ
-        )
+        await opus_only_call(phone, gateway, far)
         assert far.payload_types_seen == {0}  # PCMU on the switch leg
         assert await browser_receives_tone(phone) > LEVEL_THRESHOLD
         stats = await phone.get_stats()
@@ -574,20 +557,11 @@ async def test_rfc4733_digits_from_an_opus_browser_through_the_transcoder(
     far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event"))
     await far.start()
     try:
-        registered = await register(
-            phone, gateway.ws_url, "alice", codecDelete=["(?!opus|telephone-event).*"]
-        )
-        assert registered["event"] == "onRegistered", registered
-        await call_far_end(phone, far)
+        await opus_only_call(phone, gateway, far)
         te_pt = far.telephone_event_payload_type
         invite_sdp = far.received("INVITE")[0].body
         assert te_pt is not None, offered_codecs(invite_sdp)
         assert offered_codecs(invite_sdp)[te_pt] == "telephone-event/8000"
-        assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
-            BROWSER_TONE_HZ, abs=TOLERANCE_HZ
-        )
-        # Transcoded: Opus from the browser, PCMU to the far end, per the gateway itself.
-        assert await call_mode(gateway) == ("transcode", "opus<->PCMU")
         stats = await phone.get_stats()
         assert stats["codec"]["mimeType"].lower() == "audio/opus", stats
         assert far.payload_types_seen == {0}
@@ -661,17 +635,9 @@ async def test_sip_info_digits_become_rfc4733_events_when_configured(
         async with running_gateway(
             kamailio, tmp_path / "gateway", request, workers=2, extra=extra
         ) as gateway:
-            registered = await register(
-                phone, gateway.ws_url, "alice", codecDelete=["(?!opus|telephone-event).*"]
-            )
-            assert registered["event"] == "onRegistered", registered
-            await call_far_end(phone, far)
+            await opus_only_call(phone, gateway, far)
             te_pt = far.telephone_event_payload_type
             assert te_pt is not None, offered_codecs(far.received("INVITE")[0].body)
-            assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
-                BROWSER_TONE_HZ, abs=TOLERANCE_HZ
-            )
-            assert await call_mode(gateway) == ("transcode", "opus<->PCMU")
 
             digits = "147#"
             await phone.send_dtmf(digits, "info", durationMs=DTMF_DURATION_MS)
@@ -728,16 +694,8 @@ async def test_switch_without_telephone_event_gets_the_browsers_info_digits(
         async with running_gateway(
             kamailio, tmp_path / "gateway", request, workers=0, extra=extra
         ) as gateway:
-            registered = await register(
-                phone, gateway.ws_url, "alice", codecDelete=["(?!opus|telephone-event).*"]
-            )
-            assert registered["event"] == "onRegistered", registered
-            await call_far_end(phone, far)
+            await opus_only_call(phone, gateway, far)
             assert far.telephone_event_payload_type is None
-            assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
-                BROWSER_TONE_HZ, abs=TOLERANCE_HZ
-            )
-            assert await call_mode(gateway) == ("transcode", "opus<->PCMU")
             with pytest.raises(BrowserError, match="cannot send RFC 4733"):
                 await phone.send_dtmf("5", "rfc4733")
 
@@ -763,16 +721,8 @@ async def test_hold_and_unhold_on_a_transcoded_call(
     far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU",))
     await far.start()
     try:
-        registered = await register(
-            phone, gateway.ws_url, "alice", codecDelete=["(?!opus|telephone-event).*"]
-        )
-        assert registered["event"] == "onRegistered", registered
-        await call_far_end(phone, far)
-        assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
-            BROWSER_TONE_HZ, abs=TOLERANCE_HZ
-        )
+        await opus_only_call(phone, gateway, far)
         assert await browser_receives_tone(phone) > LEVEL_THRESHOLD
-        assert await call_mode(gateway) == ("transcode", "opus<->PCMU")
 
         await phone.hold()
         assert (await phone.wait_for("onHold"))["held"] is True
@@ -786,7 +736,7 @@ async def test_hold_and_unhold_on_a_transcoded_call(
         assert (await phone.wait_for("onHold"))["held"] is False
         reinvites = far.received("INVITE")
         assert len(reinvites) == 3 and audio_direction(reinvites[2].body) == "sendrecv"
-        assert await call_mode(gateway) == ("transcode", "opus<->PCMU")
+        assert await gateway.media_mode() == ("transcode", "opus<->PCMU")
         assert await packets_in_one_second(phone) >= PACKETS_PER_SECOND_MIN
         assert await browser_receives_tone(phone) > LEVEL_THRESHOLD
         assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(

@@ -51,11 +51,11 @@ from tests.e2e.test_browser_calls import (
     browser_offer_codecs,
     browser_receives_tone,
     call_far_end,
-    call_mode,
     clean_bindings,
     far_hears,
     hang_up_from_browser,
     offered_codecs,
+    opus_only_call,
     packets_in_one_second,
     register,
     running_gateway,
@@ -267,7 +267,7 @@ async def test_firefox_registers_and_calls_a_pcmu_far_end(
     assert b"a=candidate" not in invite.body and b"a=rtcp-fb" not in invite.body
 
     # PCMU end to end, relayed as it is.
-    assert await call_mode(gateway) == ("passthrough", "PCMU")
+    assert await gateway.media_mode() == ("passthrough", "PCMU")
     assert await far_hears(far, FIREFOX_TONE_HZ) == pytest.approx(FIREFOX_TONE_HZ, abs=TOLERANCE_HZ)
     assert far.payload_types_seen == {0}
     assert await browser_receives_tone(firefox) > LEVEL_THRESHOLD
@@ -304,19 +304,11 @@ async def test_opus_only_firefox_sends_rfc4733_digits_through_the_transcoder(
     far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event"))
     await far.start()
     try:
-        registered = await register(
-            firefox, gateway.ws_url, "alice", codecDelete=["(?!opus|telephone-event).*"]
-        )
-        assert registered["event"] == "onRegistered", registered
-        await call_far_end(firefox, far)
+        await opus_only_call(firefox, gateway, far, FIREFOX_TONE_HZ)
         assert browser_offer_codecs(gateway.log_text()) == ["opus/48000", "telephone-event/8000"]
         te_pt = far.telephone_event_payload_type
         assert te_pt is not None, offered_codecs(far.received("INVITE")[0].body)
         assert offered_codecs(far.received("INVITE")[0].body)[te_pt] == "telephone-event/8000"
-        assert await call_mode(gateway) == ("transcode", "opus<->PCMU")
-        assert await far_hears(far, FIREFOX_TONE_HZ) == pytest.approx(
-            FIREFOX_TONE_HZ, abs=TOLERANCE_HZ
-        )
         assert await browser_receives_tone(firefox) > LEVEL_THRESHOLD
         stats = await firefox.get_stats()
         assert stats["codec"]["mimeType"].lower() == "audio/opus", stats
@@ -441,7 +433,7 @@ async def test_g729_caller_reaches_firefox_and_gets_its_rfc4733_digits(
         te_pt = far.telephone_event_payload_type
         assert te_pt is not None and answered[te_pt] == "telephone-event/8000", answered
         await firefox.wait_for("onAnswer", timeout=STEP_TIMEOUT_S)
-        mode, codec = await call_mode(gateway)
+        mode, codec = await gateway.media_mode()
         assert mode == "transcode" and codec.endswith("<->G729"), (mode, codec)
         assert await far_hears(far, FIREFOX_TONE_HZ) == pytest.approx(
             FIREFOX_TONE_HZ, abs=TOLERANCE_HZ

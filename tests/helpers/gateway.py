@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sys
 import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from gateway.transport.ng_client import NgClient
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_IP = "127.0.0.2"
@@ -75,6 +80,21 @@ class GatewayProcess:
         for table, values in (extra or {}).items():
             tables.setdefault(table, {}).update(values)
         return cls(workdir, upstream=upstream, extra=tables, control=control)
+
+    async def media_mode(self) -> tuple[str, str]:
+        """(mode, codec) of the one call the media layer holds, from NG ``list`` + ``query``:
+        ("passthrough", "PCMU"), ("transcode", "opus<->PCMU")..."""
+        assert self.control is not None, "media is not enabled"
+        client = await NgClient.connect(*self.control)
+        try:
+            listed = await client.request({"command": "list"})
+            calls = listed.get("calls")
+            assert isinstance(calls, list) and len(calls) == 1, listed
+            reply = await client.request({"command": "query", "call-id": calls[0]})
+        finally:
+            await client.close()
+        assert reply.get("result") == "ok", reply
+        return str(reply.get("mode")), str(reply.get("codec"))
 
     @property
     def ws_url(self) -> str:
@@ -201,3 +221,23 @@ def _toml(value: object) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    gw: GatewayProcess, request: Any, *, forbid: tuple[str, ...] = ()
+) -> AsyncIterator[GatewayProcess]:
+    """Start ``gw`` for one test; on the way out stop it, print its log tail when the test
+    failed (``request`` is the pytest FixtureRequest) and assert it exited 0 and logged no
+    line containing one of ``forbid`` (e.g. ``" ERROR "``, ``"Traceback"``)."""
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        code = await gw.stop()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print("---- gateway log (tail) ----\n" + gw.log_text()[-30000:])
+        assert code == 0, f"gateway exit code {code}\n{gw.log_text()[-5000:]}"
+        bad = [line for line in gw.log_text().splitlines() if any(f in line for f in forbid)]
+        assert not bad, "gateway logged:\n" + "\n".join(bad[:20])

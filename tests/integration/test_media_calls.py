@@ -19,7 +19,7 @@ import pytest
 
 from gateway.sdp.model import parse as parse_sdp
 from gateway.transport.ng_client import NgClient
-from tests.helpers.gateway import GATEWAY_IP, GatewayProcess
+from tests.helpers.gateway import GATEWAY_IP, GatewayProcess, serving
 from tests.helpers.kamailio import SIPP_IP, Kamailio
 from tests.helpers.kamailio import free_port as free_port_on
 from tests.helpers.rtp_far_end import RtpFarEnd
@@ -43,15 +43,8 @@ async def gateway(
     kamailio: Kamailio, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[GatewayProcess]:
     gw = GatewayProcess.with_media(tmp_path, kamailio.uri("udp"), workers=request.param)
-    await gw.start()
-    try:
+    async with serving(gw, request):
         yield gw
-    finally:
-        code = await gw.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print("---- gateway log (tail) ----\n" + gw.log_text()[-30000:])
-        assert code == 0, f"gateway exit code {code}\n{gw.log_text()[-5000:]}"
 
 
 async def media_sessions(gw: GatewayProcess) -> int:
@@ -256,34 +249,30 @@ async def test_media_timeout_ends_the_call_both_ways(
 ) -> None:
     """The far end stops sending RTP: after media.timeout the gateway sends BYE both ways."""
     gw = GatewayProcess.with_media(tmp_path, kamailio.uri("udp"), timeout=2.0)
-    await gw.start()
     far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE)
-    await far.start()
-    try:
-        async with registered(gw, "alice", "alicepw") as ua:
-            call = await ua.call(f"sip:9{far.port}@{REALM}", codecs=["PCMU"])
-            assert call.status == 200
-            assert await hear(ua.dominant_frequency, FAR_TONE) == pytest.approx(
-                FAR_TONE, abs=TOLERANCE
+    async with serving(gw, request):
+        await far.start()
+        try:
+            async with registered(gw, "alice", "alicepw") as ua:
+                call = await ua.call(f"sip:9{far.port}@{REALM}", codecs=["PCMU"])
+                assert call.status == 200
+                assert await hear(ua.dominant_frequency, FAR_TONE) == pytest.approx(
+                    FAR_TONE, abs=TOLERANCE
+                )
+                await asyncio.sleep(3.0)  # media flowing: no timeout while it does
+                assert call.state == "confirmed"
+                await far.stop_media()
+                assert await asyncio.wait_for(far.wait_ended(), 10) == "remote BYE"
+                assert await asyncio.wait_for(ua.wait_ended(), 10) == "remote BYE"
+                bye = ua.received("BYE")[-1]
+                assert "media timeout" in (bye.headers.get("Reason") or "")
+            assert (
+                await gw.metric("gateway_dialog_events_total", event="ended", how="media_timeout")
+                >= 1
             )
-            await asyncio.sleep(3.0)  # media flowing: no timeout while it does
-            assert call.state == "confirmed"
-            await far.stop_media()
-            assert await asyncio.wait_for(far.wait_ended(), 10) == "remote BYE"
-            assert await asyncio.wait_for(ua.wait_ended(), 10) == "remote BYE"
-            bye = ua.received("BYE")[-1]
-            assert "media timeout" in (bye.headers.get("Reason") or "")
-        assert (
-            await gw.metric("gateway_dialog_events_total", event="ended", how="media_timeout") >= 1
-        )
-        assert await media_sessions(gw) == 0
-    finally:
-        await far.close()
-        code = await gw.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print("---- gateway log (tail) ----\n" + gw.log_text()[-30000:])
-        assert code == 0
+            assert await media_sessions(gw) == 0
+        finally:
+            await far.close()
 
 
 def _process_tree_usage(pid: int) -> tuple[int, int]:

@@ -26,7 +26,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from gateway.media.codecs.g711 import alaw_decode, alaw_encode, ulaw_decode
 from gateway.sdp.model import parse as parse_sdp
 from gateway.sip.message import Response, parse
-from tests.helpers.gateway import GATEWAY_IP, GatewayProcess
+from tests.helpers.gateway import GATEWAY_IP, GatewayProcess, serving
 from tests.helpers.kamailio import SIPP_IP, Kamailio, free_port
 from tests.helpers.rtp_far_end import RtpFarEnd
 from tests.helpers.webrtc_ua import (
@@ -59,15 +59,8 @@ async def gateway(
     kamailio: Kamailio, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[GatewayProcess]:
     gw = GatewayProcess(tmp_path, upstream=kamailio.uri("udp"))
-    await gw.start()
-    try:
+    async with serving(gw, request):
         yield gw
-    finally:
-        code = await gw.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print("---- gateway log (tail) ----\n" + gw.log_text()[-20000:])
-        assert code == 0, f"gateway exit code {code}\n{gw.log_text()[-5000:]}"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.helpers.gateway import GATEWAY_IP, GatewayProcess, free_port
+from tests.helpers.gateway import GATEWAY_IP, GatewayProcess, free_port, serving
 from tests.helpers.jssip import JsSipClient
 from tests.helpers.sipp import Sipp
 
@@ -45,16 +45,8 @@ async def gateway(
         mode=params.get("mode", "path"),
         extra=extra,
     )
-    await gw.start()
-    try:
+    async with serving(gw, request, forbid=("Traceback",)):
         yield gw
-    finally:
-        code = await gw.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print("---- gateway log (tail) ----\n" + gw.log_text()[-30000:])
-        assert code == 0, f"gateway exit code {code}\n{gw.log_text()[-5000:]}"
-        assert "Traceback" not in gw.log_text(), gw.log_text()[-8000:]
 
 
 async def browser(

@@ -24,8 +24,7 @@ from pathlib import Path
 import pytest
 
 from gateway.media.codecs import available_codecs
-from gateway.transport.ng_client import NgClient
-from tests.helpers.gateway import GatewayProcess
+from tests.helpers.gateway import GatewayProcess, serving
 from tests.helpers.kamailio import SIPP_IP, Kamailio
 from tests.helpers.kamailio import free_port as free_port_on
 from tests.helpers.rtp_far_end import (
@@ -78,15 +77,8 @@ async def gateway(
     gw = GatewayProcess.with_media(
         tmp_path, kamailio.uri("udp"), extra={"codecs": {"switch": ["PCMU", "PCMA"]}}
     )
-    await gw.start()
-    try:
+    async with serving(gw, request):
         yield gw
-    finally:
-        code = await gw.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print("---- gateway log (tail) ----\n" + gw.log_text()[-30000:])
-        assert code == 0, f"gateway exit code {code}\n{gw.log_text()[-5000:]}"
 
 
 @pytest.fixture
@@ -98,21 +90,6 @@ async def far() -> AsyncIterator[RtpFarEnd]:
         yield end
     finally:
         await end.close()
-
-
-async def call_mode(gw: GatewayProcess) -> tuple[str, str]:
-    """(mode, codec) of the one call the media layer holds, from NG list + query."""
-    assert gw.control is not None
-    client = await NgClient.connect(*gw.control)
-    try:
-        listed = await client.request({"command": "list"})
-        calls = listed.get("calls")
-        assert isinstance(calls, list) and len(calls) == 1, listed
-        reply = await client.request({"command": "query", "call-id": calls[0]})
-    finally:
-        await client.close()
-    assert reply.get("result") == "ok", reply
-    return str(reply.get("mode")), str(reply.get("codec"))
 
 
 async def hear(get_freq: Callable[[], float], expected: float) -> float:
@@ -221,7 +198,7 @@ async def test_far_end_digits_reach_the_opus_browser_rescaled_to_48000(
         assert far_pt is not None, far.received("INVITE")[0].body
         assert await hear(far.dominant_frequency, UA_TONE) == pytest.approx(UA_TONE, abs=TOLERANCE)
         assert await hear(ua.dominant_frequency, FAR_TONE) == pytest.approx(FAR_TONE, abs=TOLERANCE)
-        assert await call_mode(gateway) == ("transcode", "opus<->PCMU")
+        assert await gateway.media_mode() == ("transcode", "opus<->PCMU")
 
         sent = await far.send_dtmf(DIGITS)
         assert [e.code for e in sent] == [EVENT_CODES[d] for d in DIGITS]
@@ -273,7 +250,7 @@ async def test_digits_from_a_g729_caller_reach_the_opus_browser_that_answered(
         assert final.status == 200, final
         assert far.telephone_event_payload_type is not None, final.body
         assert await hear(far.dominant_frequency, UA_TONE) == pytest.approx(UA_TONE, abs=TOLERANCE)
-        assert await call_mode(gateway) == ("transcode", "opus<->G729")
+        assert await gateway.media_mode() == ("transcode", "opus<->G729")
 
         sent = await far.send_dtmf("*0")
         check_rescaled_events(await wait_events(ua, 2), sent, browser_pt)

@@ -27,7 +27,7 @@ from gateway.media.codecs import available_codecs
 from gateway.sdp.model import parse as parse_sdp
 from gateway.sdp.rewrite import codecs_of
 from gateway.transport.ng_client import NgClient
-from tests.helpers.gateway import GatewayProcess
+from tests.helpers.gateway import GatewayProcess, serving
 from tests.helpers.kamailio import SIPP_IP, Kamailio
 from tests.helpers.kamailio import free_port as free_port_on
 from tests.helpers.rtp_far_end import RtpFarEnd
@@ -61,15 +61,8 @@ async def running_gateway(
         workers=workers,
         extra={"codecs": {"switch": ["PCMU", "PCMA", "G729"], "opus_complexity": 5}},
     )
-    await gw.start()
-    try:
+    async with serving(gw, request):
         yield gw
-    finally:
-        code = await gw.stop()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            print("---- gateway log (tail) ----\n" + gw.log_text()[-30000:])
-        assert code == 0, f"gateway exit code {code}\n{gw.log_text()[-5000:]}"
 
 
 @pytest.fixture
@@ -87,16 +80,6 @@ async def ng_request(gw: GatewayProcess, body: dict[str, object]) -> dict[str, o
         return await client.request(body)
     finally:
         await client.close()
-
-
-async def call_mode(gw: GatewayProcess) -> tuple[str, str]:
-    """(mode, codec) of the one call the media layer holds, from NG list + query."""
-    listed = await ng_request(gw, {"command": "list"})
-    calls = listed.get("calls")
-    assert isinstance(calls, list) and len(calls) == 1, listed
-    reply = await ng_request(gw, {"command": "query", "call-id": calls[0]})
-    assert reply.get("result") == "ok", reply
-    return str(reply.get("mode")), str(reply.get("codec"))
 
 
 @contextlib.asynccontextmanager
@@ -199,7 +182,7 @@ async def outbound_transcoded_call(gw: GatewayProcess, codec: str) -> None:
             )
             assert far.payload_types_seen == {PT[codec]}
             assert (ua.negotiated_codec() or "").lower() == "opus"
-            assert await call_mode(gw) == ("transcode", f"opus<->{codec}")
+            assert await gw.media_mode() == ("transcode", f"opus<->{codec}")
             # The mode is a metric while the call runs (and was counted once as chosen).
             assert await gw.metric("gateway_media_sessions", mode="transcode") == 1
             assert await gw.metric("gateway_media_sessions", mode="passthrough") == 0
@@ -254,7 +237,7 @@ async def test_shared_codec_stays_passthrough(gateway: GatewayProcess) -> None:
             )
             assert far.payload_types_seen == {0}
             assert (ua.negotiated_codec() or "").lower() == "pcmu"
-            assert await call_mode(gateway) == ("passthrough", "PCMU")
+            assert await gateway.media_mode() == ("passthrough", "PCMU")
             assert await gateway.metric("gateway_media_sessions", mode="passthrough") == 1
             assert await gateway.metric("gateway_media_sessions", mode="transcode") == 0
             await ua.hangup()
@@ -301,7 +284,7 @@ async def test_switch_offer_g729_only_browser_answers_opus(
             )
             assert far.payload_types_seen == {PT["G729"]}
             assert (ua.negotiated_codec() or "").lower() == "opus"
-            assert await call_mode(gateway) == ("transcode", "opus<->G729")
+            assert await gateway.media_mode() == ("transcode", "opus<->G729")
             assert (await far.send_bye()).status == 200
             assert await ua.wait_ended() == "remote BYE"
     finally:
@@ -359,7 +342,7 @@ async def test_transcoded_call_terminates_rtcp_per_leg(gateway: GatewayProcess) 
             assert await hear(far.dominant_frequency, UA_TONE) == pytest.approx(
                 UA_TONE, abs=TOLERANCE
             )
-            assert await call_mode(gateway) == ("transcode", "opus<->PCMU")
+            assert await gateway.media_mode() == ("transcode", "opus<->PCMU")
             stream = far.rtp
             loop = asyncio.get_running_loop()
             # First report after 2.5 s x 0.5-1.5 (RFC 3550 §6.2), then every 5 s x 0.5-1.5.

@@ -273,6 +273,9 @@ class FakeSession:
     def set_transcoder(self, pipeline: str, transcoder: RtpTranscoder | None) -> None:
         self.calls.append(("transcoder", {"pipeline": pipeline, "transcoder": transcoder}))
 
+    def set_clock_rates(self, *, webrtc: int, rtp: int) -> None:
+        self.calls.append(("clock_rates", {"webrtc": webrtc, "rtp": rtp}))
+
     def play_dtmf(self, code: int, duration_ms: int, payload_type: int) -> None:
         self.calls.append(("dtmf", {"code": code, "duration": duration_ms, "pt": payload_type}))
 
@@ -789,6 +792,7 @@ def test_shared_codec_stays_passthrough(
     s = session(backend)
     assert s.transcoders() == {}
     assert s.last("payload_map") == {"to_rtp": {0: 0, 126: 101}, "to_webrtc": {0: 0, 101: 126}}
+    assert s.last("clock_rates") == {"webrtc": 8000, "rtp": 8000}  # RTCP jitter's clock
     query = tng.handle({"command": "query", "call-id": "c1"}, 1002.0)
     assert (query["mode"], query["codec"]) == ("passthrough", "PCMU")
     assert modes == [("c1", "passthrough PCMU")]

@@ -221,25 +221,7 @@ def test_retry_after_challenge_reuses_the_media_session() -> None:
 
 def test_flow_loss_deletes_media_of_its_calls() -> None:
     proxy = media_proxy()
-    proxy.receive_from_flow(FLOW, crlf(INVITE), 0.0)
-    (cmd,) = commands(proxy.actions())
-    proxy.media_result(cmd.token, {"result": "ok", "sdp": PLAIN}, 0.1)
-    _, req = only_request(proxy.actions())
-    proxy.receive_from_upstream(
-        upstream_reply(
-            req,
-            200,
-            "OK",
-            "Content-Type: application/sdp\nContact: <sip:f@127.0.0.3>\n",
-            PLAIN.replace("\r\n", "\n"),
-        ),
-        *SW1[:2],
-        "udp",
-        0.2,
-    )
-    (answer,) = commands(proxy.actions())
-    proxy.media_result(answer.token, {"result": "ok", "sdp": WEBRTC}, 0.3)
-    proxy.actions()
+    confirmed_media_call(proxy)
     proxy.flow_closed(FLOW, 1.0)
     actions = proxy.actions()
     assert only_request(actions)[1].method == "BYE"
