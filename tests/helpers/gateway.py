@@ -115,10 +115,20 @@ class GatewayProcess:
             return ""
 
     def write_config(self) -> Path:
-        self.ws_port = self.ws_port or free_port()
-        self.wss_port = self.wss_port or free_port()
-        self.sip_port = self.sip_port or free_port()
-        self.metrics_port = self.metrics_port or free_port()
+        # Each free_port() call releases its port, so two calls can return the same one
+        # (seen: wss and sip on one port, the gateway then failing to bind): keep them apart.
+        taken: set[int] = set()
+
+        def pick(port: int) -> int:
+            while not port or port in taken:
+                port = free_port()
+            taken.add(port)
+            return port
+
+        self.ws_port = pick(self.ws_port)
+        self.wss_port = pick(self.wss_port)
+        self.sip_port = pick(self.sip_port)
+        self.metrics_port = pick(self.metrics_port)
         tables: dict[str, dict[str, object]] = {
             "listen": {
                 "wss": f"{GATEWAY_IP}:{self.wss_port}",
