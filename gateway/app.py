@@ -150,6 +150,7 @@ class Gateway:
             else None,
             media=cfg.media.enabled,
             dtmf_info_to_rfc4733=cfg.media.dtmf_info_to_rfc4733,
+            dtmf_rfc4733_to_info=cfg.media.dtmf_rfc4733_to_info,
         )
         self.proxy = Proxy(settings, pool, FlowTable(FlowTokenSigner(secret)))
         self.runner = ProxyRunner(self.proxy, sip_trace=cfg.log.sip_trace)

@@ -264,6 +264,10 @@ class MediaConfig:
     """Answer a browser's DTMF SIP INFO (application/dtmf-relay, application/dtmf) at the
     gateway and send the digit as RFC 4733 telephone-events in the RTP toward the switch;
     relayed as INFO when the switch leg has no telephone-event/8000."""
+    dtmf_rfc4733_to_info: bool = False
+    """When the switch answers a browser's offer without telephone-event, keep the browser's
+    telephone-event and send each digit it plays to the switch as SIP INFO
+    (application/dtmf-relay) in the browser's name."""
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -1065,6 +1069,7 @@ def _build(loader: _Loader) -> Config | None:
         workers=g(md, "workers", -1, _media_workers),
         timeout=g(md, "timeout", 60.0, _positive("seconds")),
         dtmf_info_to_rfc4733=g(md, "dtmf_info_to_rfc4733", False, lambda v, n: v),
+        dtmf_rfc4733_to_info=g(md, "dtmf_rfc4733_to_info", False, lambda v, n: v),
     )
     cd = "codecs"
     codecs = CodecsConfig(

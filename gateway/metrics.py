@@ -63,6 +63,13 @@ DTMF_INFO = Counter(
     "because the conversion was not possible (media.dtmf_info_to_rfc4733)",
     ["outcome"],
 )
+DTMF_TO_INFO = Counter(
+    "gateway_dtmf_rfc4733_to_info_total",
+    "Digits read from browsers' RFC 4733 telephone-events for a switch without them: sent "
+    "as SIP INFO, or dropped (call gone, INFO not allowed, no upstream) "
+    "(media.dtmf_rfc4733_to_info)",
+    ["outcome"],
+)
 UPSTREAM_UP = Gauge("gateway_upstream_up", "1 if the upstream server is healthy", ["server"])
 UPSTREAM_FAILOVERS = Counter(
     "gateway_upstream_failovers_total", "Requests moved to the next upstream server"

@@ -49,6 +49,7 @@ import pylibsrtp
 
 from gateway.media.demux import CLASSIFY, KIND_DTLS, KIND_RTP, KIND_STUN
 from gateway.media.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from gateway.media.dtmf_receive import DtmfReceiver
 from gateway.media.dtmf_send import DtmfSender
 from gateway.media.ice import IceLiteAgent
 from gateway.media.rtcp import LegRtcp, RtcpError, RtcpPacket, SenderReport, SenderStats
@@ -204,6 +205,9 @@ class Bridge:
         self.r = LegCounters()
         self.dtmf_to_rtp: DtmfSender | None = None
         """Telephone-events the gateway itself sends to the switch (SIP INFO interworking)."""
+        self.dtmf_to_info: DtmfReceiver | None = None
+        """The browser's telephone-events read as digits for SIP INFO (a switch without
+        telephone-event); they are not forwarded."""
         # RTCP per leg: statistics both modes, our reports when transcoding.
         self.rtcp_w = LegRtcp()
         self.rtcp_r = LegRtcp()
@@ -408,6 +412,10 @@ class Bridge:
             w.rx_packets += 1
             w.rx_bytes += len(plain)
             self._w_rtp_stats(plain, now)
+            receiver = self.dtmf_to_info
+            if receiver is not None and plain[1] & 0x7F == receiver.payload_type:
+                receiver.receive(plain)
+                return
             if not self.forward_to_rtp:
                 w.drop_direction += 1
                 return

@@ -37,6 +37,12 @@ Commands (:class:`NgCommands`):
     must be the browser: the digit (``0``-``9``, ``*``, ``#``, ``A``-``D`` or 0-15) is sent
     as RFC 4733 telephone-events in the RTP toward the switch (the gateway's SIP INFO to
     RFC 4733 conversion). An error when the switch leg has no telephone-event/8000.
+``DTMF events``
+    Not rtpengine's: the reverse conversion. An ``answer`` from the switch without
+    telephone-event, carrying the flag ``DTMF-INFO``, keeps the browser's telephone-event
+    in the browser's answer (reply key ``dtmf: info``) and reads its events as digits
+    (:class:`~gateway.media.dtmf_receive.DtmfReceiver`); this command collects them:
+    ``events``, a list of ``{call-id, from-tag (the browser's), code, duration (ms)}``.
 
 Keys are matched case-insensitively with ``-``, ``_`` and space equivalent
 (``transport-protocol`` = ``transport protocol``). Supported offer keys: ``ICE``
@@ -77,6 +83,7 @@ from typing import Protocol
 
 from gateway.media.codecs import CodecError
 from gateway.media.codecs.opus import NARROWBAND_FEC_BITRATE, encoder_options_from_fmtp
+from gateway.media.dtmf_receive import DtmfReceiver
 from gateway.media.dtmf_send import DEFAULT_DURATION_MS, event_code
 from gateway.media.ports import PortsExhausted
 from gateway.media.rtcp import NTP_UNIX_OFFSET
@@ -135,6 +142,8 @@ LIST_LIMIT = 32
 """Default ``limit`` of the ``list`` command (rtpengine's)."""
 DEFAULT_PTIME_MS = 20
 """Packet duration used when an SDP has no usable a=ptime (RFC 3551 §4.5: 20 ms)."""
+MAX_DTMF_EVENTS = 100
+"""Digits in one ``DTMF events`` reply (about 60 bytes each: the reply stays one datagram)."""
 DTMF_MIN_TO_SWITCH_MS = 100
 """Shortest RFC 4733 event reported toward the switch on a transcoded call: what SIP.js,
 JsSIP and the gateway's own INFO conversion play by default, and well above what DTMF
@@ -466,6 +475,10 @@ class NgSession(Protocol):
         """Queue one RFC 4733 event toward the switch (``payload_type``: its te/8000)."""
         ...
 
+    def set_dtmf_receiver(self, receiver: DtmfReceiver | None) -> None:
+        """Read the browser's telephone-events as digits instead of forwarding them."""
+        ...
+
 
 class NgBackend(Protocol):
     """Opens and releases sessions; an adapter wraps ``MediaEngine`` in it."""
@@ -526,6 +539,7 @@ class _Options:
     transcode: list[str] = field(default_factory=list)
     fatal: bool = False
     load_limit: bool = False
+    dtmf_info: bool = False
     warnings: list[str] = field(default_factory=list)
 
 
@@ -581,6 +595,10 @@ def _options(body: dict[str, object]) -> _Options:
                 norm = _norm(flag)
                 if norm == "fatal":
                     opts.fatal = True
+                elif norm == "dtmf info":
+                    # Not rtpengine's: read the browser's telephone-events as digits for
+                    # SIP INFO when the switch answers without telephone-event.
+                    opts.dtmf_info = True
                 elif norm.startswith("codec "):
                     # rtpengine: codec manipulations may be flags "codec-strip-PCMA".
                     parts = flag.split("-", 2)
@@ -856,6 +874,7 @@ class _Call:
     protocols: dict[str, str] = field(default_factory=dict)
     transcoders: dict[str, RtpTranscoder] = field(default_factory=dict)  # pipeline -> it
     mode: _Mode | None = None
+    dtmf_receiver: DtmfReceiver | None = None  # the browser's events, read for SIP INFO
 
 
 def _required(body: dict[str, object], key: str) -> str:
@@ -932,6 +951,7 @@ class NgCommands:
         self.on_mode = on_mode
         self.on_end = on_end
         self._calls: dict[str, _Call] = {}
+        self._dtmf_calls: dict[str, _Call] = {}  # calls whose browser digits go to INFO
         self.started: float | None = None
         self.managed = 0
         self.rejected = 0
@@ -1147,6 +1167,12 @@ class NgCommands:
                     to_rtp=_pt_map(pending.params.codecs, params.codecs),
                     to_webrtc=_pt_map(params.codecs, pending.params.codecs),
                 )
+            receiver = self._dtmf_receiver(call, mode, pending.params, opts)
+            if receiver is not None:
+                # The browser keeps its telephone-event although the switch has none: the
+                # answer's events are the offered ones at the audio clock (rewrite picks them).
+                answer_codecs = (answer_codecs or list(params.codecs)) + [_TE_8000]
+            self._set_dtmf_receiver(call, receiver)
             algorithm, value = session.webrtc.fingerprint.split(" ", 1)
             out = self._versioned(
                 call,
@@ -1211,6 +1237,8 @@ class NgCommands:
             # for the gateway's metrics.
             reply["mode"] = call.mode.mode
             reply["codec"] = call.mode.codec
+        if call.dtmf_receiver is not None:
+            reply["dtmf"] = "info"  # collect the browser's digits with "DTMF events"
         if opts.warnings:
             reply["warning"] = "; ".join(opts.warnings)
         call.last_answer = (text, reply)
@@ -1249,6 +1277,52 @@ class NgCommands:
             raise _CommandError(str(exc)) from None
         call.session.play_dtmf(event, duration, event_type.pt)
         return {"result": "ok"}
+
+    def _dtmf_events(self, body: dict[str, object], now: float) -> dict[str, object]:
+        """Not rtpengine's: the digits read from browsers' telephone-events since the last
+        call (calls answered with the ``DTMF-INFO`` flag and a switch without events), each
+        ``{"call-id", "from-tag" (the browser's), "code", "duration" (ms)}``, oldest first
+        per call, at most :data:`MAX_DTMF_EVENTS` per reply (the rest wait)."""
+        events: list[dict[str, object]] = []
+        for call_id, call in self._dtmf_calls.items():
+            receiver = call.dtmf_receiver
+            if receiver is None or not receiver.pending:
+                continue
+            tag = call.tags.get(WEBRTC, "")
+            while receiver.pending and len(events) < MAX_DTMF_EVENTS:
+                code, duration = receiver.pending.popleft()
+                events.append(
+                    {"call-id": call_id, "from-tag": tag, "code": code, "duration": duration}
+                )
+        return {"result": "ok", "events": events}
+
+    def _dtmf_receiver(
+        self, call: _Call, mode: _Mode | None, browser: MediaParams, opts: _Options
+    ) -> DtmfReceiver | None:
+        """The reader of the browser's telephone-events when the answer's switch leg has
+        none and the ``DTMF-INFO`` flag asks for them (PITFALLS 10); else None."""
+        if not opts.dtmf_info or mode is None or mode.switch_event is not None:
+            return None
+        clock = mode.webrtc.clock
+        event = _event(browser.codecs, clock) or next(
+            (c for c in browser.codecs if c.is_telephone_event), None
+        )
+        if event is None or event.pt is None:
+            return None
+        old = call.dtmf_receiver
+        if old is not None and old.payload_type == event.pt and old.clock == clock:
+            return old  # a re-INVITE's answer: keep the event in progress
+        return DtmfReceiver(payload_type=event.pt, clock=clock)
+
+    def _set_dtmf_receiver(self, call: _Call, receiver: DtmfReceiver | None) -> None:
+        if receiver is call.dtmf_receiver:
+            return
+        call.dtmf_receiver = receiver
+        call.session.set_dtmf_receiver(receiver)
+        if receiver is None:
+            self._dtmf_calls.pop(call.call_id, None)
+        else:
+            self._dtmf_calls[call.call_id] = call
 
     def _delete(self, body: dict[str, object], now: float) -> dict[str, object]:
         call_id = _required(body, "call-id")
@@ -1317,6 +1391,7 @@ class NgCommands:
         "list": _list,
         "statistics": _statistics,
         "play dtmf": _play_dtmf,
+        "dtmf events": _dtmf_events,
     }
 
     # ---------------------------------------------------------------- helpers
@@ -1531,6 +1606,7 @@ class NgCommands:
     def _drop(self, call: _Call, now: float, reason: str) -> None:
         if self._calls.pop(call.call_id, None) is None:
             return
+        self._dtmf_calls.pop(call.call_id, None)
         if self.on_end is not None and call.answered:
             self.on_end(self.summary(call, now, reason))
         self.backend.release(call.session)

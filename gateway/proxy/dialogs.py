@@ -5,6 +5,10 @@ dialog to end it toward the switch when the browser's WebSocket dies: the
 browser's identity (From/To with its tag), the far side's, the far side's
 target (its Contact), the route set as the browser would use it (minus our own
 entries), and the highest CSeq the browser has used (RFC 3261 §12.2.1.1).
+
+When the gateway itself sends a request in the browser's name (a DTMF INFO read from the
+browser's telephone-events), the browser's later CSeqs toward the far side are raised past
+it (:meth:`Dialog.shift_cseq`); responses go back with the browser's own numbers.
 """
 
 from __future__ import annotations
@@ -37,6 +41,31 @@ class Dialog:
     browser_target: str = ""
     #: highest CSeq the far side has used toward the browser
     far_cseq: int = 0
+    #: requests the gateway sent toward the far side in the browser's name (DTMF INFO):
+    #: the browser's later requests go out with their CSeq raised by this much, so the
+    #: far side still sees one rising sequence (RFC 3261 §12.2.2)
+    cseq_shift: int = 0
+    #: CSeq of each shifted INVITE, the browser's -> as sent (for its ACK, §13.2.2.4)
+    shifted_invites: dict[int, int] = field(default_factory=dict)
+
+    def next_far_cseq(self) -> int:
+        """The CSeq of a request the gateway sends toward the far side in the browser's
+        name; the browser's later requests are shifted past it."""
+        self.cseq_shift += 1
+        return self.browser_cseq + self.cseq_shift
+
+    def shift_cseq(self, cseq: int, method: str) -> int:
+        """The CSeq a browser's in-dialog request goes out with (ACK: as its INVITE)."""
+        if method == "ACK":
+            return self.shifted_invites.get(cseq, cseq)
+        if not self.cseq_shift:
+            return cseq
+        shifted = cseq + self.cseq_shift
+        if method == "INVITE":
+            if len(self.shifted_invites) >= 8:  # only the latest INVITEs can still be ACKed
+                self.shifted_invites.pop(next(iter(self.shifted_invites)))
+            self.shifted_invites[cseq] = shifted
+        return shifted
 
     @property
     def key(self) -> tuple[int, str, str, str]:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.sip import events as tev
@@ -50,7 +50,7 @@ from gateway.sip.transaction import (
 from gateway.sip.uri import SipURI
 
 from .dialogs import Dialog, DialogTable
-from .dtmf_info import parse_dtmf_info
+from .dtmf_info import DTMF_RELAY, parse_dtmf_info
 from .flow import Flow, FlowTable
 from .upstream import PoolMember, UpstreamPool
 
@@ -76,6 +76,10 @@ DIALOG_FORMING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 MEDIA_DELETE_DELAY = 5.0
 #: RFC 6026: how long 2xx retransmissions to an INVITE are still forwarded, in T1.
 ACCEPTED_T1 = 64
+#: Digits a DTMF INFO may carry (RFC 4733 events 0-15).
+DTMF_DIGITS = "0123456789*#ABCD"
+#: Longest Duration written into a DTMF INFO (the media layer reports at most this).
+MAX_INFO_DURATION_MS = 60_000
 
 
 # --------------------------------------------------------------------- actions
@@ -167,6 +171,10 @@ class ProxySettings:
     dtmf_info_to_rfc4733: bool = False
     """With media: answer a browser's DTMF INFO here and have the media layer send the digit
     as RFC 4733 telephone-events toward the switch (relayed as INFO when it cannot)."""
+    dtmf_rfc4733_to_info: bool = False
+    """With media: when the switch answers a browser's offer without telephone-event, keep
+    the browser's telephone-event and send each digit it plays to the switch as a SIP INFO
+    (``application/dtmf-relay``) in the browser's name (:meth:`Proxy.dtmf_events`)."""
 
 
 # ------------------------------------------------------------------ contexts
@@ -218,6 +226,9 @@ class Proxy:
         self._media_tokens = itertools.count(1)
         #: media call id -> the browser flow it belongs to
         self.media_calls: dict[str, int] = {}
+        #: media calls whose browser digits the media layer reads for SIP INFO (poll them
+        #: with "DTMF events" and feed :meth:`dtmf_events`)
+        self.dtmf_info_calls: set[str] = set()
         self._media_delete_due: dict[str, float] = {}
         #: why the media layer refused the last offer (for the 488's Warning)
         self.media_error = ""
@@ -295,6 +306,49 @@ class Proxy:
                 self._note("dialog_ended", "media_timeout")
                 self._send_bye_for(dialog, now, reason='SIP;cause=408;text="media timeout"')
                 self._send_bye_to_browser(dialog, now)
+
+    def dtmf_events(self, events: list[object], now: float) -> None:
+        """Digits the media layer read from browsers' telephone-events (its ``DTMF events``
+        reply): each goes to the switch as an INFO ``application/dtmf-relay`` in the
+        browser's name, within the call's dialog (PITFALLS 10). Events of calls or dialogs
+        that are gone, and malformed ones, are dropped."""
+        for event in events:
+            if not isinstance(event, dict):
+                continue
+            call, code, duration = event.get("call-id"), event.get("code"), event.get("duration")
+            flow_id = self.media_calls.get(call) if isinstance(call, str) else None
+            if (
+                flow_id is None
+                or not isinstance(code, str)
+                or len(code) != 1
+                or code not in DTMF_DIGITS
+                or not isinstance(duration, int)
+                or not 0 < duration <= MAX_INFO_DURATION_MS
+            ):
+                self._note("dtmf_rfc4733_dropped", "unknown call or malformed event")
+                continue
+            dialog = next(
+                (
+                    d
+                    for d in self.dialogs.for_flow(flow_id)
+                    if self._media_call(d.call_id, flow_id) == call
+                ),
+                None,
+            )
+            if dialog is None:
+                self._note("dtmf_rfc4733_dropped", "no confirmed dialog")
+            elif dialog.far_allow is not None and "INFO" not in dialog.far_allow:
+                self._note("dtmf_rfc4733_dropped", "the far side does not allow INFO")
+            elif self._send_in_dialog(
+                dialog,
+                "INFO",
+                now,
+                extra=[("Content-Type", DTMF_RELAY)],
+                body=f"Signal={code}\r\nDuration={duration}\r\n".encode(),
+            ):
+                self._note("dtmf_rfc4733_sent", code)
+            else:
+                self._note("dtmf_rfc4733_dropped", "no upstream server available")
 
     def flow_opened(self, flow_id: int, host: str, port: int, *, secure: bool) -> Flow:
         """A browser connected."""
@@ -396,7 +450,11 @@ class Proxy:
         elif fwd.to_tag is not None:
             dialog = self.dialogs.find(flow.flow_id, fwd.call_id, fwd.from_tag, fwd.to_tag)
             if dialog is not None:
-                dialog.browser_cseq = max(dialog.browser_cseq, fwd.cseq[0])
+                cseq, method = fwd.cseq
+                dialog.browser_cseq = max(dialog.browser_cseq, cseq)
+                shifted = dialog.shift_cseq(cseq, method)
+                if shifted != cseq:
+                    fwd.headers.set("CSeq", f"{shifted} {method}")
                 if self._absorb_refresh(sctx, dialog, now):
                     return
                 if fwd.method == "BYE":
@@ -450,6 +508,12 @@ class Proxy:
         if not self._decrement_max_forwards(fwd):
             self._drop("ws", "max_forwards")
             return
+        dialog = self.dialogs.find(flow.flow_id, fwd.call_id, fwd.from_tag, fwd.to_tag)
+        if dialog is not None:
+            cseq = fwd.cseq[0]
+            shifted = dialog.shift_cseq(cseq, "ACK")
+            if shifted != cseq:
+                fwd.headers.set("CSeq", f"{shifted} ACK")
         self._pop_own_routes(fwd)
         member = self._member_for(fwd, now)
         if member is None:
@@ -600,6 +664,11 @@ class Proxy:
             # RFC 6026: a retransmitted 2xx is forwarded statelessly.
             fwd = resp.copy()
             fwd.headers.pop_first("Via")
+            dialog = self.dialogs.find(flow_id, fwd.call_id, fwd.from_tag, fwd.to_tag)
+            sent = fwd.cseq[0]
+            if dialog is not None and sent in dialog.shifted_invites.values():
+                own = next(k for k, v in dialog.shifted_invites.items() if v == sent)
+                fwd.headers.set("CSeq", f"{own} INVITE")
             if self.flows.get(flow_id) is not None:
                 self._actions.append(SendToFlow(flow_id, bytes(fwd)))
             return
@@ -770,6 +839,10 @@ class Proxy:
             )
         if resp.status >= 200:
             sctx.final_sent = True
+        browser_cseq = sctx.request.cseq[0]
+        if resp.cseq[0] != browser_cseq:
+            # The request went out shifted past the gateway's own INFOs (Dialog.shift_cseq).
+            resp.headers.set("CSeq", f"{browser_cseq} {method}")
         self._relay_response(ctx, sctx, resp, sctx.from_flow, toward_switch=False, now=now)
 
     def _relay_response(
@@ -1022,27 +1095,42 @@ class Proxy:
         reason: str = 'SIP;cause=480;text="WebSocket closed"',
     ) -> None:
         """End a dialog toward the switch on the browser's behalf (§15.1.1)."""
+        self._send_in_dialog(dialog, "BYE", now, extra=[("Reason", reason)])
+
+    def _send_in_dialog(
+        self,
+        dialog: Dialog,
+        method: str,
+        now: float,
+        *,
+        extra: Sequence[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> bool:
+        """Send a request of our own toward the far side within ``dialog``, in the
+        browser's name (§12.2.1.1: its From/To, the far target, the route set, the next
+        CSeq past the browser's). Its responses are absorbed. False: no upstream."""
         member = self._member_for_routes(dialog.route_set, now)
         if member is None:
-            return
+            return False
         headers_src = (
-            f"BYE {dialog.far_target} SIP/2.0\r\n"
+            f"{method} {dialog.far_target} SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP {self.settings.sip_host}:{self.settings.sip_port};branch=z9hG4bKx\r\n"
             f"Max-Forwards: {DEFAULT_MAX_FORWARDS}\r\n"
             + "".join(f"Route: {r}\r\n" for r in dialog.route_set)
             + f"From: {dialog.browser_header}\r\n"
             f"To: {dialog.far_header}\r\n"
             f"Call-ID: {dialog.call_id}\r\n"
-            f"CSeq: {dialog.browser_cseq + 1} BYE\r\n"
-            f"Reason: {reason}\r\n"
-            f"User-Agent: {self.settings.user_agent}\r\n"
-            "Content-Length: 0\r\n\r\n"
+            f"CSeq: {dialog.next_far_cseq()} {method}\r\n"
+            + "".join(f"{name}: {value}\r\n" for name, value in extra)
+            + f"User-Agent: {self.settings.user_agent}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
         )
-        bye = parse(headers_src.encode())
-        assert isinstance(bye, Request)
-        bye.headers.pop_first("Via")
-        local = _Client(txn=None, request=bye, server=None)  # type: ignore[arg-type]
+        request = parse(headers_src.encode() + body)
+        assert isinstance(request, Request)
+        request.headers.pop_first("Via")
+        local = _Client(txn=None, request=request, server=None)  # type: ignore[arg-type]
         self._send_upstream(local, member, now)
+        return True
 
     # ------------------------------------------------------------ media
 
@@ -1099,9 +1187,17 @@ class Proxy:
         if offer:
             self.media_calls[call] = flow_id
             self._media_delete_due.pop(call, None)  # a retry re-offers: keep the session
+        switch_answer = not offer and not toward_switch
+        if switch_answer and self.settings.dtmf_rfc4733_to_info:
+            command["flags"] = ["DTMF-INFO"]
         token = next(self._media_tokens)
 
         def resume(reply: dict[str, object] | None, now: float) -> None:
+            if switch_answer and reply is not None and reply.get("result") == "ok":
+                if reply.get("dtmf") == "info" and call in self.media_calls:
+                    self.dtmf_info_calls.add(call)
+                else:
+                    self.dtmf_info_calls.discard(call)
             sdp = reply.get("sdp") if reply is not None and reply.get("result") == "ok" else None
             if isinstance(sdp, bytes):
                 sdp = sdp.decode("utf-8", "replace")
@@ -1131,6 +1227,7 @@ class Proxy:
 
     def _media_delete_id(self, call: str) -> None:
         self._media_delete_due.pop(call, None)
+        self.dtmf_info_calls.discard(call)
         if self.media_calls.pop(call, None) is not None:
             self._actions.append(MediaCommand(0, {"command": "delete", "call-id": call}))
 

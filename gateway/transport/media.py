@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from gateway.media.bridge import DIRECTIONS, LEG_RTP, LEG_WEBRTC, Addr, Bridge, Transcoder
 from gateway.media.dtls import DtlsCertificate
+from gateway.media.dtmf_receive import DtmfReceiver
 from gateway.media.ports import PortAllocator, PortsExhausted
 
 __all__ = [
@@ -232,6 +233,10 @@ class MediaSession:
     def play_dtmf(self, code: int, duration_ms: int, payload_type: int) -> None:
         """Send one RFC 4733 event toward the switch (``payload_type``: its te/8000)."""
         self.bridge.play_dtmf(code, duration_ms, payload_type, self._loop.time())
+
+    def set_dtmf_receiver(self, receiver: DtmfReceiver | None) -> None:
+        """Read the browser's telephone-events as digits (None: forward them again)."""
+        self.bridge.dtmf_to_info = receiver
 
     @property
     def stats(self) -> dict[str, object]:

@@ -471,6 +471,10 @@ class WorkerPool:
         if name == "statistics":
             replies = await asyncio.gather(*(self._ask(w, body) for w in self.workers))
             return _sum_statistics([r for _, r in replies], len(self.workers))
+        if name == "dtmf events":
+            replies = await asyncio.gather(*(self._ask(w, body) for w in self.workers))
+            events = [e for _, r in replies for e in _list_of(r.get("events"))]
+            return {"result": "ok", "events": events}
         if name == "list":
             replies = await asyncio.gather(*(self._ask(w, body) for w in self.workers))
             limit = body.get("limit", LIST_LIMIT)

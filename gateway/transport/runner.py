@@ -47,6 +47,9 @@ class MediaClient(Protocol):
 
 #: Seconds the proxy waits for the media layer before answering 488 (NG retransmits inside).
 MEDIA_TIMEOUT = 3.0
+#: Seconds between two "DTMF events" polls while calls have their browser digits read for
+#: SIP INFO: a digit reaches the switch at most this long after its end packet.
+DTMF_POLL_INTERVAL = 0.04
 
 
 class ProxyRunner:
@@ -62,6 +65,7 @@ class ProxyRunner:
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._dtmf_poll: asyncio.Task[None] | None = None
 
     # inputs --------------------------------------------------------------
 
@@ -94,6 +98,21 @@ class ProxyRunner:
                 continue
             self.proxy.media_alive({str(c) for c in calls}, since - interval, self._loop.time())
             self._flush()
+
+    async def _poll_dtmf(self) -> None:
+        """Collect the digits of browsers' telephone-events while some call has them read
+        for SIP INFO (the proxy's ``dtmf_info_calls``); ends when none has."""
+        while self.media is not None and self.proxy.dtmf_info_calls:
+            await asyncio.sleep(DTMF_POLL_INTERVAL)
+            try:
+                reply = await self.media.request({"command": "DTMF events"}, timeout=MEDIA_TIMEOUT)
+            except Exception as exc:  # the media layer is busy or gone: try again
+                log.warning("! media DTMF events failed: %s", exc)
+                continue
+            events = reply.get("events")
+            if reply.get("result") == "ok" and isinstance(events, list) and events:
+                self.proxy.dtmf_events(events, self._loop.time())
+                self._flush()
 
     def flow_opened(self, flow_id: int, host: str, port: int, *, secure: bool) -> None:
         self.proxy.flow_opened(flow_id, host, port, secure=secure)
@@ -150,6 +169,10 @@ class ProxyRunner:
                 self._media_command(action)
         metrics.DIALOGS.set(len(proxy.dialogs))
         metrics.FLOWS.set(len(proxy.flows))
+        if proxy.dtmf_info_calls and (self._dtmf_poll is None or self._dtmf_poll.done()):
+            task = self._dtmf_poll = asyncio.create_task(self._poll_dtmf())
+            self._media_tasks.add(task)
+            task.add_done_callback(self._media_tasks.discard)
         self._arm()
 
     def _media_command(self, action: MediaCommand) -> None:
@@ -195,6 +218,12 @@ class ProxyRunner:
         elif kind == "dtmf_info_converted":
             metrics.DTMF_INFO.labels("converted").inc()
             log.info("= DTMF INFO %s sent as RFC 4733 toward the switch", note.detail)
+        elif kind == "dtmf_rfc4733_sent":
+            metrics.DTMF_TO_INFO.labels("sent").inc()
+            log.info("= DTMF %s from RFC 4733 sent as SIP INFO toward the switch", note.detail)
+        elif kind == "dtmf_rfc4733_dropped":
+            metrics.DTMF_TO_INFO.labels("dropped").inc()
+            log.warning("! DTMF from RFC 4733 not sent as INFO: %s", note.detail)
         elif kind == "dtmf_info_relayed":
             metrics.DTMF_INFO.labels("relayed").inc()
             log.info("= DTMF INFO relayed as INFO: %s", note.detail)

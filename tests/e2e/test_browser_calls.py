@@ -711,6 +711,93 @@ async def test_switch_without_telephone_event_gets_the_browsers_info_digits(
         await far.close()
 
 
+def info_durations(far: RtpFarEnd) -> list[int]:
+    """``Duration`` of every application/dtmf-relay INFO the far end received, in order."""
+    durations = []
+    for info in far.received("INFO"):
+        for line in info.body.decode(errors="replace").splitlines():
+            name, _, value = line.partition("=")
+            if name.strip().lower() == "duration":
+                durations.append(int(value))
+    return durations
+
+
+async def wait_for_info_digits(far: RtpFarEnd, digits: str) -> str:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + STEP_TIMEOUT_S
+    while loop.time() < deadline and len(far.dtmf_info_digits()) < len(digits):
+        await asyncio.sleep(POLL_S)
+    return far.dtmf_info_digits()
+
+
+@pytest.mark.parametrize("passthrough", [False, True], ids=["transcoded-workers", "pcmu-inprocess"])
+async def test_browser_rfc4733_digits_reach_an_info_only_switch_as_info(
+    kamailio: Kamailio,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    phone: BrowserPhone,
+    clean_bindings: None,
+    passthrough: bool,
+) -> None:
+    """PITFALLS 10, the reverse way: a far end answering without telephone-event (a switch
+    that acts on SIP INFO only), a webphone sending RFC 4733 (SIP.js's RTP DTMF), and
+    media.dtmf_rfc4733_to_info on. The browser is still answered with telephone-event, so
+    it can send events; the far end receives each digit once, in order, as an INFO
+    application/dtmf-relay with its duration, and no event packet in its RTP. The gateway's
+    INFOs sit in the browser's CSeq space: the browser's hold and unhold re-INVITEs and its
+    BYE, sent after them, must still be accepted by the far end, which refuses a CSeq that
+    is not above the last (RFC 3261 §12.2.2) and checks each ACK names its INVITE's CSeq.
+    Transcoded with media in two worker processes, and PCMU passthrough in-process."""
+    codecs = ("PCMU",)
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=codecs)
+    await far.start()
+    extra: dict[str, dict[str, object]] = {"media": {"dtmf_rfc4733_to_info": True}}
+    try:
+        async with running_gateway(
+            kamailio,
+            tmp_path / "gateway",
+            request,
+            workers=0 if passthrough else 2,
+            extra=extra,
+        ) as gateway:
+            if passthrough:
+                registered = await register(phone, gateway.ws_url, "alice")
+                assert registered["event"] == "onRegistered", registered
+                await call_far_end(phone, far)
+                assert await gateway.media_mode() == ("passthrough", "PCMU")
+            else:
+                await opus_only_call(phone, gateway, far)
+            assert far.telephone_event_payload_type is None  # the far end has none
+
+            await phone.send_dtmf("159", "rfc4733", durationMs=DTMF_DURATION_MS)
+            played = [await phone.wait_for("onDtmfSent", timeout=STEP_TIMEOUT_S) for _ in "159"]
+            assert "".join(e["digit"] for e in played) == "159"
+            assert await wait_for_info_digits(far, "159") == "159"
+            # Chromium plays 100 ms; the INFO says so (the gateway's floor is 100 ms too).
+            assert all(100 <= d <= 100 + 60 for d in info_durations(far)), info_durations(far)
+
+            await phone.hold()
+            assert (await phone.wait_for("onHold"))["held"] is True
+            await phone.unhold()
+            assert (await phone.wait_for("onHold"))["held"] is False
+            await phone.send_dtmf("*0#", "rfc4733", durationMs=DTMF_DURATION_MS)
+            assert await wait_for_info_digits(far, "159*0#") == "159*0#"
+
+            call = far.call
+            assert call is not None
+            assert len(far.received("INVITE")) == 3  # the call, hold and unhold all reached it
+            assert call.out_of_order == 0 and call.mismatched_acks == 0
+            assert far.payload_types_seen == {0}  # audio only: the events became INFO
+            assert await gateway.metric("gateway_dtmf_rfc4733_to_info_total", outcome="sent") == 6
+            assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
+                BROWSER_TONE_HZ, abs=TOLERANCE_HZ
+            )
+            await hang_up_from_browser(phone, far)
+            assert call.out_of_order == 0
+    finally:
+        await far.close()
+
+
 async def test_hold_and_unhold_on_a_transcoded_call(
     gateway: GatewayProcess, phone: BrowserPhone, clean_bindings: None
 ) -> None:

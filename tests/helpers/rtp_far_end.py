@@ -631,6 +631,14 @@ class FarEndCall:
     remote_target: str | None = None
     route_set: list[str] = field(default_factory=list)
     local_cseq: int = 1
+    #: highest CSeq of the other side's requests in the dialog (RFC 3261 §12.2.2)
+    remote_cseq: int | None = None
+    #: CSeq of the other side's latest INVITE: its ACK must carry it (§17.1.1.3, §13.2.2.4)
+    invite_cseq: int | None = None
+    #: ACKs whose CSeq was not the INVITE's (a UA would not match them to its 2xx)
+    mismatched_acks: int = 0
+    #: in-dialog requests refused 500 for a CSeq not above the last one (§12.2.2)
+    out_of_order: int = 0
     #: "early", "confirmed", "ended"
     state: str = "early"
     offer: Offer | None = None
@@ -852,12 +860,24 @@ class RtpFarEnd:
             and request.to_tag is not None
             and request.to_tag == call.local_tag
         )
+        if in_dialog and call is not None and request.method not in ("ACK", "CANCEL"):
+            cseq = request.cseq[0]
+            if call.remote_cseq is not None and cseq <= call.remote_cseq:
+                # RFC 3261 §12.2.2: a lower CSeq than one already seen is out of order.
+                call.out_of_order += 1
+                self._respond(request, self._response(request, 500, call))
+                return
+            call.remote_cseq = cseq
+            if request.method == "INVITE":
+                call.invite_cseq = cseq
         if request.method == "INVITE" and request.to_tag is None:
             await self._new_invite(request)
         elif request.method == "INVITE" and in_dialog and call is not None:
             await self._reinvite(call, request)
         elif request.method == "ACK":
             if call is not None and request.call_id == call.call_id:
+                if call.invite_cseq is not None and request.cseq[0] != call.invite_cseq:
+                    call.mismatched_acks += 1
                 call.acked.set()
                 if request.body and call.offer is None:
                     self._apply_remote(call, request.body.decode())
@@ -891,6 +911,8 @@ class RtpFarEnd:
             remote_uri=str(from_.uri),
             invite=request,
             remote_tag=from_.tag,
+            remote_cseq=request.cseq[0],
+            invite_cseq=request.cseq[0],
         )
         contact = request.headers.get("Contact")
         if contact:

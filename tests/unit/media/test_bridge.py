@@ -18,6 +18,7 @@ from gateway.media.bridge import RELATCH_SILENCE, Addr, Bridge
 from gateway.media.codecs import get_encoder
 from gateway.media.codecs.dtmf import unpack_event
 from gateway.media.dtls import DtlsCertificate, DtlsEndpoint, DtlsState
+from gateway.media.dtmf_receive import DtmfReceiver
 from gateway.media.rtcp import (
     ReceiverReport,
     SenderReport,
@@ -761,3 +762,20 @@ def test_played_dtmf_waits_while_the_switch_leg_is_on_hold(call: Call) -> None:
     assert [d for d, _ in call.to_switch if d[1] & 0x7F == 101] == []
     with pytest.raises(ValueError):
         b.play_dtmf(16, 100, 101, 2.5)  # not a DTMF event
+
+
+def test_browser_events_read_for_sip_info_are_not_forwarded(call: Call) -> None:
+    """With a DtmfReceiver on the browser leg (a switch without telephone-event), the
+    browser's event packets become digits and none reaches the switch; audio still does."""
+    b = call.bridge
+    b.set_payload_map(to_rtp={0: 0}, to_webrtc={0: 0})  # no telephone-event mapped
+    b.dtmf_to_info = DtmfReceiver(payload_type=126, clock=8000)
+    call.browser_sends(rtp(1, 160, 0x7777), 1.0)
+    for seq, end in ((2, False), (3, True), (4, True), (5, True)):
+        event = struct.pack("!BBH", 9, (0x80 if end else 0) | 10, 960)
+        call.browser_sends(rtp(seq, 320, 0x7777, pt=126, payload=event), 1.02 + seq / 100)
+    call.browser_sends(rtp(6, 480, 0x7777), 1.1)
+    sent = [d for d, _ in call.to_switch if not 192 <= d[1] <= 223]
+    assert [d[1] & 0x7F for d in sent] == [0, 0]
+    assert b.dtmf_to_info.take() == [("9", 120)]
+    assert b.w.drop_payload_type == 0  # taken, not dropped as unmapped

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.media.codecs.opus import OpusEncoder
+from gateway.media.dtmf_receive import DtmfReceiver
 from gateway.media.ng import (
     MAX_DEPTH,
     MAX_ITEMS,
@@ -243,6 +244,7 @@ class FakeSession:
     webrtc: FakeWebRtc
     rtp: FakeRtp
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    receiver: DtmfReceiver | None = None
 
     @property
     def stats(self) -> dict[str, object]:
@@ -278,6 +280,10 @@ class FakeSession:
 
     def play_dtmf(self, code: int, duration_ms: int, payload_type: int) -> None:
         self.calls.append(("dtmf", {"code": code, "duration": duration_ms, "pt": payload_type}))
+
+    def set_dtmf_receiver(self, receiver: DtmfReceiver | None) -> None:
+        self.receiver = receiver
+        self.calls.append(("dtmf_receiver", {"receiver": receiver}))
 
     def transcoders(self) -> dict[str, RtpTranscoder | None]:
         """The transcoder each pipeline holds now (absent: never set)."""
@@ -1017,3 +1023,85 @@ def test_play_dtmf_from_the_browser_toward_the_switch(
         {"command": "play DTMF", "call-id": "c2", "from-tag": "ftag", "code": "1"}, 1006.0
     )
     assert reply["error-reason"] == "the switch leg has no telephone-event/8000"
+
+
+def no_te_answer() -> str:
+    """Kamailio's plain answer without telephone-event (a switch that wants SIP INFO)."""
+    return text("kamailio_plain_answer.sdp").replace("RTP/AVP 0 101", "RTP/AVP 0")
+
+
+def event_packet(pt: int, ts: int, code: int, end: bool, duration: int, seq: int = 1) -> bytes:
+    header = struct.pack("!BBHII", 0x80, pt, seq, ts, 0x1234)
+    return header + struct.pack("!BBH", code, (0x80 if end else 0) | 10, duration)
+
+
+def test_dtmf_info_flag_keeps_the_browsers_events_and_collects_its_digits(
+    ng: NgCommands, tng: NgCommands, backend: FakeBackend
+) -> None:
+    """PITFALLS 10, the browser's RFC 4733 toward a switch that takes INFO only: with the
+    ``DTMF-INFO`` flag the browser is answered with its telephone-event although the switch
+    has none (passthrough and transcoded), its events are read as digits, and ``DTMF events``
+    hands each digit over once."""
+    # Passthrough PCMU: the browser's te/8000 (126) is answered.
+    browser_offer(ng, sdp=chrome_offer_with("111 0 126"))
+    reply = switch_answer(ng, sdp=no_te_answer(), flags=["DTMF-INFO"])
+    assert reply["result"] == "ok" and reply["dtmf"] == "info", reply
+    assert names(reply["sdp"]) == [("PCMU", 8000, 0), ("telephone-event", 8000, 126)]
+    receiver = session(backend).receiver
+    assert receiver is not None and (receiver.payload_type, receiver.clock) == (126, 8000)
+    for seq, (end, duration) in enumerate(
+        [(False, 160), (False, 800), (True, 1280)] + [(True, 1280)] * 2
+    ):
+        receiver.receive(event_packet(126, 8000, 5, end, duration, seq))
+    receiver.receive(event_packet(126, 16000, 11, True, 400))  # "#", only its end arrived
+    events = ng.handle({"command": "DTMF events"}, 1004.0)
+    assert events == {
+        "result": "ok",
+        "events": [
+            {"call-id": "c1", "from-tag": "ftag", "code": "5", "duration": 160},
+            {"call-id": "c1", "from-tag": "ftag", "code": "#", "duration": 100},
+        ],
+    }
+    assert ng.handle({"command": "DTMF events"}, 1005.0) == {"result": "ok", "events": []}
+    # Without the flag nothing changes: no events answered, no reader.
+    browser_offer(ng, sdp=chrome_offer_with("111 0 126"), call_id="c2")
+    reply = switch_answer(ng, sdp=no_te_answer(), call_id="c2")
+    assert "dtmf" not in reply and names(reply["sdp"]) == [("PCMU", 8000, 0)]
+    assert session(backend, "c2").receiver is None
+    # A switch with telephone-event keeps RFC 4733 end to end: no reader even with the flag.
+    browser_offer(ng, sdp=chrome_offer_with("111 0 126"), call_id="c3")
+    reply = switch_answer(ng, call_id="c3", flags=["DTMF-INFO"])
+    assert "dtmf" not in reply and session(backend, "c3").receiver is None
+    # Transcoded opus<->PCMU: Chromium's te/48000 (110) is answered, durations at 48 kHz.
+    browser_offer(tng, sdp=chrome_offer_with("111 110 126"), call_id="t1")
+    reply = switch_answer(tng, sdp=no_te_answer(), call_id="t1", flags=["DTMF-INFO"])
+    assert reply["dtmf"] == "info" and reply["mode"] == "transcode"
+    assert names(reply["sdp"]) == [("opus", 48000, 111), ("telephone-event", 48000, 110)]
+    receiver = session(backend, "t1").receiver
+    assert receiver is not None and (receiver.payload_type, receiver.clock) == (110, 48000)
+    receiver.receive(event_packet(110, 96000, 1, True, 9600))
+    # A re-INVITE's answer keeps the reader (and what it holds).
+    browser_offer(tng, sdp=chrome_offer_with("111 110 126"), call_id="t1")
+    switch_answer(tng, sdp=no_te_answer(), call_id="t1", flags=["DTMF-INFO"])
+    assert session(backend, "t1").receiver is receiver
+    events = tng.handle({"command": "DTMF events"}, 1006.0)["events"]
+    assert events == [{"call-id": "t1", "from-tag": "ftag", "code": "1", "duration": 200}]
+    # Ending the call forgets it.
+    receiver.receive(event_packet(110, 192000, 2, True, 9600))
+    tng.handle({"command": "delete", "call-id": "t1"}, 1007.0)
+    assert tng.handle({"command": "DTMF events"}, 1008.0)["events"] == []
+
+
+def test_dtmf_info_flag_with_firefox_answers_its_te_8000_beside_opus(
+    tng: NgCommands, backend: FakeBackend
+) -> None:
+    """Firefox offers te/8000 only beside opus; transcoded to a switch without events it is
+    answered te/8000 and its events are read in the Opus clock (as the transcoder does)."""
+    firefox = text("firefox_offer.sdp").replace(
+        "m=audio 9 UDP/TLS/RTP/SAVPF 109 9 0 8 101", "m=audio 9 UDP/TLS/RTP/SAVPF 109 101"
+    )
+    browser_offer(tng, sdp=firefox)
+    reply = switch_answer(tng, sdp=no_te_answer(), flags=["DTMF-INFO"])
+    assert names(reply["sdp"]) == [("opus", 48000, 109), ("telephone-event", 8000, 101)]
+    receiver = session(backend).receiver
+    assert receiver is not None and (receiver.payload_type, receiver.clock) == (101, 48000)

@@ -7,7 +7,7 @@ their own tests against aiortc); this checks the proxy's half of the contract.
 
 from __future__ import annotations
 
-from gateway.proxy.router import MEDIA_DELETE_DELAY, MediaCommand, Proxy
+from gateway.proxy.router import MEDIA_DELETE_DELAY, MediaCommand, Note, Proxy
 from gateway.sip.message import Request, Response, parse
 from tests.unit.proxy.test_router import (
     FLOW,
@@ -238,8 +238,9 @@ def test_media_off_passes_sdp_through() -> None:
     assert not isinstance(msg, Response)
 
 
-def confirmed_media_call(proxy: Proxy) -> None:
-    """Browser INVITE -> 200 from the switch, both SDPs through the (scripted) media layer."""
+def confirmed_media_call(proxy: Proxy, answer_reply: dict[str, object] | None = None) -> None:
+    """Browser INVITE -> 200 from the switch, both SDPs through the (scripted) media layer
+    (``answer_reply``: its reply to the answer, default ok with the browser's SDP)."""
     proxy.receive_from_flow(FLOW, crlf(INVITE), 0.0)
     (cmd,) = commands(proxy.actions())
     proxy.media_result(cmd.token, {"result": "ok", "sdp": PLAIN}, 0.1)
@@ -257,7 +258,7 @@ def confirmed_media_call(proxy: Proxy) -> None:
         0.2,
     )
     (answer,) = commands(proxy.actions())
-    proxy.media_result(answer.token, {"result": "ok", "sdp": WEBRTC}, 0.3)
+    proxy.media_result(answer.token, answer_reply or {"result": "ok", "sdp": WEBRTC}, 0.3)
     proxy.actions()
 
 
@@ -331,3 +332,133 @@ def test_dtmf_info_is_relayed_when_the_conversion_is_off() -> None:
     actions = proxy.actions()
     assert not commands(actions)
     assert only_request(actions)[1].method == "INFO"
+
+
+def in_dialog(method: str, cseq: int, branch: str) -> bytes:
+    """A browser's request in call-1's dialog (the switch's 200 had To tag sw200)."""
+    return crlf(
+        f"""{method} sip:f@127.0.0.3 SIP/2.0
+Via: SIP/2.0/WSS 2kq9b8k3mq7a.invalid;branch=z9hG4bK{branch}
+Max-Forwards: 70
+From: "Alice" <sip:alice@example.test>;tag=a1
+To: <sip:95090@example.test>;tag=sw200
+Call-ID: call-1
+CSeq: {cseq} {method}
+Content-Length: 0
+
+"""
+    )
+
+
+def test_browser_rfc4733_digits_go_to_the_switch_as_info_and_later_cseqs_are_shifted() -> None:
+    """PITFALLS 10, RFC 4733 from the browser toward a switch that takes INFO only: the
+    switch's answer is sent to the media layer with the DTMF-INFO flag; when the media layer
+    says it reads the browser's events (``dtmf: info``), each digit it reports becomes an
+    INFO in the browser's name. The browser's later requests go out with CSeqs past the
+    gateway's (RFC 3261 §12.2.2: the switch rejects a CSeq lower than one it has seen) and
+    their responses come back with the browser's own numbers."""
+    proxy = make_proxy(media=True, dtmf_rfc4733_to_info=True)
+    proxy.receive_from_flow(FLOW, crlf(INVITE), 0.0)
+    (offer,) = commands(proxy.actions())
+    assert "flags" not in offer.command  # only the switch's answer carries the flag
+    proxy.media_result(offer.token, {"result": "ok", "sdp": PLAIN}, 0.1)
+    _, req = only_request(proxy.actions())
+    route = "Record-Route: <sip:127.0.0.1:5070;lr>\n"
+    proxy.receive_from_upstream(
+        upstream_reply(
+            req, 200, "OK",
+            f"{route}Content-Type: application/sdp\nContact: <sip:f@127.0.0.3>\n"
+            "Allow: INVITE,ACK,BYE,CANCEL,INFO\n",
+            PLAIN.replace("\r\n", "\n"),
+        ),
+        *SW1[:2], "udp", 0.2,
+    )  # fmt: skip
+    (answer,) = commands(proxy.actions())
+    assert answer.command["command"] == "answer" and answer.command["flags"] == ["DTMF-INFO"]
+    proxy.media_result(answer.token, {"result": "ok", "sdp": WEBRTC, "dtmf": "info"}, 0.3)
+    proxy.actions()
+    call = f"call-1~{FLOW:x}"
+    assert proxy.dtmf_info_calls == {call}
+    proxy.receive_from_flow(FLOW, in_dialog("ACK", 7, "ack7"), 0.4)
+    _, ack = only_request(proxy.actions())
+    assert ack.cseq == (7, "ACK")
+
+    # A digit read from the browser's telephone-events: INFO #1 in the browser's name.
+    proxy.dtmf_events([{"call-id": call, "from-tag": "a1", "code": "5", "duration": 160}], 1.0)
+    up, info1 = only_request(proxy.actions())
+    assert (up.host, up.port) == ("127.0.0.1", 5070)  # along the route set
+    assert (info1.method, info1.uri) == ("INFO", "sip:f@127.0.0.3")
+    assert info1.headers.get_all("Route") == ["<sip:127.0.0.1:5070;lr>"]
+    assert info1.from_tag == "a1" and info1.to_tag == "sw200" and info1.call_id == "call-1"
+    assert info1.cseq == (8, "INFO")
+    assert info1.headers.get("Content-Type") == "application/dtmf-relay"
+    assert info1.body == b"Signal=5\r\nDuration=160\r\n"
+    proxy.receive_from_upstream(upstream_reply(info1, 200, "OK"), *SW1[:2], "udp", 1.1)
+    assert not sent_flow(proxy.actions())  # our INFO's response stays here
+
+    # The browser's own INFO (its CSeq 8) goes out as 9; the 200 comes back as 8.
+    proxy.receive_from_flow(FLOW, in_dialog("INFO", 8, "i8"), 2.0)
+    _, fwd = only_request(proxy.actions())
+    assert fwd.cseq == (9, "INFO")
+    proxy.receive_from_upstream(upstream_reply(fwd, 200, "OK"), *SW1[:2], "udp", 2.1)
+    (ok,) = responses_to_flow(proxy.actions())
+    assert (ok.status, ok.cseq) == (200, (8, "INFO"))
+
+    # A re-INVITE (browser 9 -> 10), a digit meanwhile (INFO 11), then its ACK: still 10.
+    proxy.receive_from_flow(FLOW, in_dialog("INVITE", 9, "re9"), 3.0)
+    actions = proxy.actions()
+    _, reinvite = only_request(actions)
+    assert reinvite.cseq == (10, "INVITE")
+    proxy.receive_from_upstream(
+        upstream_reply(reinvite, 200, "OK", "Contact: <sip:f@127.0.0.3>\n"),
+        *SW1[:2], "udp", 3.1,
+    )  # fmt: skip
+    (ok,) = [r for r in responses_to_flow(proxy.actions()) if r.status == 200]
+    assert ok.cseq == (9, "INVITE")
+    proxy.dtmf_events([{"call-id": call, "from-tag": "a1", "code": "#", "duration": 100}], 3.2)
+    _, info2 = only_request(proxy.actions())
+    assert info2.cseq == (11, "INFO") and info2.body == b"Signal=#\r\nDuration=100\r\n"
+    proxy.receive_from_flow(FLOW, in_dialog("ACK", 9, "ack9"), 3.3)
+    _, ack = only_request(proxy.actions())
+    assert ack.cseq == (10, "ACK")
+    # BYE: browser 10 -> 12; the media session goes and with it the polling.
+    proxy.receive_from_flow(FLOW, in_dialog("BYE", 10, "bye10"), 4.0)
+    actions = proxy.actions()
+    _, bye = only_request(actions)
+    assert bye.cseq == (12, "BYE")
+    assert any(c.command["command"] == "delete" for c in commands(actions))
+    assert proxy.dtmf_info_calls == set()
+
+
+def test_dtmf_events_that_cannot_be_sent_are_dropped_and_noted() -> None:
+    proxy = make_proxy(media=True, dtmf_rfc4733_to_info=True)
+    confirmed_media_call(proxy, {"result": "ok", "sdp": WEBRTC, "dtmf": "info"})
+    call = f"call-1~{FLOW:x}"
+    assert proxy.dtmf_info_calls == {call}
+    proxy.dtmf_events(
+        [
+            {"call-id": "other~1", "code": "5", "duration": 100},  # unknown call
+            {"call-id": call, "code": "55", "duration": 100},
+            {"call-id": call, "code": "X", "duration": 100},
+            {"call-id": call, "code": "5", "duration": "100"},
+            {"call-id": call, "code": "5", "duration": 0},
+            "garbage",
+        ],
+        1.0,
+    )
+    actions = proxy.actions()
+    assert not sent_upstream(actions)
+    notes = [a.kind for a in actions if isinstance(a, Note)]
+    assert notes == ["dtmf_rfc4733_dropped"] * 5
+    # Without the setting the flag is not asked for and a "dtmf" reply is not acted on.
+    proxy = make_proxy(media=True)
+    proxy.receive_from_flow(FLOW, crlf(INVITE), 0.0)
+    (offer,) = commands(proxy.actions())
+    proxy.media_result(offer.token, {"result": "ok", "sdp": PLAIN}, 0.1)
+    _, req = only_request(proxy.actions())
+    proxy.receive_from_upstream(
+        upstream_reply(req, 200, "OK", "Content-Type: application/sdp\n", PLAIN.replace("\r\n", "\n")),
+        *SW1[:2], "udp", 0.2,
+    )  # fmt: skip
+    (answer,) = commands(proxy.actions())
+    assert "flags" not in answer.command
