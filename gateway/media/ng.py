@@ -38,10 +38,12 @@ Commands (:class:`NgCommands`):
     as RFC 4733 telephone-events in the RTP toward the switch (the gateway's SIP INFO to
     RFC 4733 conversion). An error when the switch leg has no telephone-event/8000.
 ``DTMF events``
-    Not rtpengine's: the reverse conversion. An ``answer`` from the switch without
-    telephone-event, carrying the flag ``DTMF-INFO``, keeps the browser's telephone-event
-    in the browser's answer (reply key ``dtmf: info``) and reads its events as digits
-    (:class:`~gateway.media.dtmf_receive.DtmfReceiver`); this command collects them:
+    Not rtpengine's: the reverse conversion. With the flag ``DTMF-INFO``, an ``answer`` from
+    the switch without telephone-event keeps the browser's telephone-event in the browser's
+    answer, and an ``offer`` from the switch without one offers the browser telephone-event
+    anyway (kept out of the answer to the switch); either way the browser's events are read
+    as digits (:class:`~gateway.media.dtmf_receive.DtmfReceiver`, answer reply key
+    ``dtmf: info``) and this command collects them:
     ``events``, a list of ``{call-id, from-tag (the browser's), code, duration (ms)}``.
 
 Keys are matched case-insensitively with ``-``, ``_`` and space equivalent
@@ -857,6 +859,7 @@ class _Pending:
     onward: list[Codec]  # codecs offered to the other side
     reply: dict[str, object]
     added: list[Codec] = field(default_factory=list)  # transcoding candidates added
+    dtmf_info: bool = False  # telephone-event offered to the browser for SIP INFO only
 
 
 @dataclass
@@ -1042,6 +1045,13 @@ class NgCommands:
         added: list[Codec] = []
         if self.codecs is not None:
             onward, added = self._policy_codecs(side, onward, opts)
+        dtmf_info = (
+            side == PLAIN and opts.dtmf_info and not any(c.is_telephone_event for c in onward)
+        )
+        if dtmf_info:
+            # A switch without telephone-event: the browser is offered its own (one per
+            # audio clock), and its events are read as digits for SIP INFO once it answers.
+            onward = onward + [_TE_8000]
         created = call is None
         if call is None:
             new = self._new_call(call_id, opts, now)
@@ -1062,7 +1072,7 @@ class NgCommands:
         reply: dict[str, object] = {"result": "ok", "sdp": out}
         if opts.warnings:
             reply["warning"] = "; ".join(opts.warnings)
-        call.pending = _Pending(side, from_tag, text, sdp, params, onward, reply, added)
+        call.pending = _Pending(side, from_tag, text, sdp, params, onward, reply, added, dtmf_info)
         return reply
 
     def _offer_sdp(
@@ -1167,7 +1177,7 @@ class NgCommands:
                     to_rtp=_pt_map(pending.params.codecs, params.codecs),
                     to_webrtc=_pt_map(params.codecs, pending.params.codecs),
                 )
-            receiver = self._dtmf_receiver(call, mode, pending.params, opts)
+            receiver = self._dtmf_receiver(call, mode, pending.params, opts.dtmf_info)
             if receiver is not None:
                 # The browser keeps its telephone-event although the switch has none: the
                 # answer's events are the offered ones at the audio clock (rewrite picks them).
@@ -1211,6 +1221,15 @@ class NgCommands:
                     to_rtp=_pt_map(params.codecs, offered.codecs),
                     to_webrtc=_pt_map(offered.codecs, params.codecs),
                 )
+                # RFC 3264 §6.1: the switch's answer names only formats it offered; the
+                # browser may also have accepted the policy's additions (opus, PCMA) or a
+                # telephone-event the gateway added for SIP INFO (DTMF-INFO).
+                plain_codecs = [
+                    c for c in params.codecs if any(c.same_format(o) for o in offered.codecs)
+                ]
+            self._set_dtmf_receiver(
+                call, self._dtmf_receiver(call, mode, params, pending.dtmf_info)
+            )
             out = self._versioned(
                 call,
                 PLAIN,
@@ -1297,11 +1316,11 @@ class NgCommands:
         return {"result": "ok", "events": events}
 
     def _dtmf_receiver(
-        self, call: _Call, mode: _Mode | None, browser: MediaParams, opts: _Options
+        self, call: _Call, mode: _Mode | None, browser: MediaParams, wanted: bool
     ) -> DtmfReceiver | None:
-        """The reader of the browser's telephone-events when the answer's switch leg has
-        none and the ``DTMF-INFO`` flag asks for them (PITFALLS 10); else None."""
-        if not opts.dtmf_info or mode is None or mode.switch_event is not None:
+        """The reader of the browser's telephone-events when the switch leg has none and
+        the ``DTMF-INFO`` flag (``wanted``) asked for them (PITFALLS 10); else None."""
+        if not wanted or mode is None or mode.switch_event is not None:
             return None
         clock = mode.webrtc.clock
         event = _event(browser.codecs, clock) or next(

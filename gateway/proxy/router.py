@@ -1187,13 +1187,15 @@ class Proxy:
         if offer:
             self.media_calls[call] = flow_id
             self._media_delete_due.pop(call, None)  # a retry re-offers: keep the session
-        switch_answer = not offer and not toward_switch
-        if switch_answer and self.settings.dtmf_rfc4733_to_info:
+        if self.settings.dtmf_rfc4733_to_info and not toward_switch:
+            # The switch's SDP on its way to the browser: where it has no telephone-event
+            # the media layer gives the browser one and reads its events (dtmf_events).
             command["flags"] = ["DTMF-INFO"]
         token = next(self._media_tokens)
 
         def resume(reply: dict[str, object] | None, now: float) -> None:
-            if switch_answer and reply is not None and reply.get("result") == "ok":
+            if not offer and reply is not None and reply.get("result") == "ok":
+                # Every answer tells whether the call's browser digits are read for INFO.
                 if reply.get("dtmf") == "info" and call in self.media_calls:
                     self.dtmf_info_calls.add(call)
                 else:

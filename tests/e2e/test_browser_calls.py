@@ -798,6 +798,56 @@ async def test_browser_rfc4733_digits_reach_an_info_only_switch_as_info(
         await far.close()
 
 
+async def test_browser_rfc4733_digits_on_a_call_from_an_info_only_switch(
+    kamailio: Kamailio,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    phone: BrowserPhone,
+    clean_bindings: None,
+) -> None:
+    """The same on a call the switch places: its offer has no telephone-event, the browser
+    is offered one anyway (and the switch's answer leaves it out), the auto-answering
+    browser's RFC 4733 digits reach the caller as INFO, and the browser's own requests
+    afterwards (hold, unhold, BYE) carry CSeqs the caller accepts."""
+    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU",))
+    await far.start()
+    extra: dict[str, dict[str, object]] = {"media": {"dtmf_rfc4733_to_info": True}}
+    try:
+        async with running_gateway(
+            kamailio, tmp_path / "gateway", request, workers=0, extra=extra
+        ) as gateway:
+            registered = await register(phone, gateway.ws_url, "bob", autoAnswer=True)
+            assert registered["event"] == "onRegistered", registered
+            final = await asyncio.wait_for(
+                far.invite("bob", (kamailio.ip, kamailio.udp_port)), STEP_TIMEOUT_S
+            )
+            assert final.status == 200, final
+            # The answer names only what the caller offered: PCMU, no telephone-event.
+            assert offered_codecs(final.body) == {0: "PCMU/8000"}
+            await phone.wait_for("onAnswer", timeout=STEP_TIMEOUT_S)
+            # RFC 4733 needs the media path up (RTCDTMFSender waits for its transport).
+            assert await far_hears(far, BROWSER_TONE_HZ) == pytest.approx(
+                BROWSER_TONE_HZ, abs=TOLERANCE_HZ
+            )
+
+            await phone.send_dtmf("37", "rfc4733", durationMs=DTMF_DURATION_MS)
+            assert await wait_for_info_digits(far, "37") == "37"
+            await phone.hold()
+            assert (await phone.wait_for("onHold"))["held"] is True
+            await phone.unhold()
+            assert (await phone.wait_for("onHold"))["held"] is False
+            await phone.send_dtmf("A", "rfc4733", durationMs=DTMF_DURATION_MS)
+            assert await wait_for_info_digits(far, "37A") == "37A"
+            assert far.payload_types_seen == {0}
+            call = far.call
+            assert call is not None and call.out_of_order == 0 and call.mismatched_acks == 0
+            assert await gateway.metric("gateway_dtmf_rfc4733_to_info_total", outcome="sent") == 3
+            await hang_up_from_browser(phone, far)
+            assert call.out_of_order == 0
+    finally:
+        await far.close()
+
+
 async def test_hold_and_unhold_on_a_transcoded_call(
     gateway: GatewayProcess, phone: BrowserPhone, clean_bindings: None
 ) -> None:

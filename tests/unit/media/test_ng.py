@@ -1105,3 +1105,44 @@ def test_dtmf_info_flag_with_firefox_answers_its_te_8000_beside_opus(
     assert names(reply["sdp"]) == [("opus", 48000, 109), ("telephone-event", 8000, 101)]
     receiver = session(backend).receiver
     assert receiver is not None and (receiver.payload_type, receiver.clock) == (101, 48000)
+
+
+def test_dtmf_info_flag_on_a_switch_offer_without_events(
+    ng: NgCommands, backend: FakeBackend
+) -> None:
+    """A call from a switch without telephone-event: with ``DTMF-INFO`` the browser is offered
+    te/8000 anyway; its answer's telephone-event is read as digits and kept out of the
+    answer to the switch, which offered none (RFC 3264 §6.1)."""
+
+    def offer(call_id: str, flags: list[str]) -> dict[str, object]:
+        sdp = text("kamailio_plain_offer.sdp").replace(SWITCH_M_LINE, "m=audio 30000 RTP/AVP 0")
+        return ng.handle(
+            {"command": "offer", "call-id": call_id, "from-tag": "sw", "sdp": sdp,
+             "transport-protocol": "UDP/TLS/RTP/SAVPF", "ICE": "force", "flags": flags},
+            5.0,
+        )  # fmt: skip
+
+    assert names(offer("s0", [])["sdp"]) == [("PCMU", 8000, 0)]
+    reply = offer("s1", ["DTMF-INFO"])
+    (pcmu, te) = names(reply["sdp"])
+    assert pcmu == ("PCMU", 8000, 0) and te[:2] == ("telephone-event", 8000)
+    answer = (
+        text("chrome_answer.sdp")
+        .replace(
+            "m=audio 48506 UDP/TLS/RTP/SAVPF 111 0 8 96 101",
+            f"m=audio 48506 UDP/TLS/RTP/SAVPF 0 {te[2]}",
+        )
+        .replace("a=rtpmap:101 telephone-event/8000", f"a=rtpmap:{te[2]} telephone-event/8000")
+    )
+    reply = ng.handle(
+        {"command": "answer", "call-id": "s1", "from-tag": "sw", "to-tag": "br", "sdp": answer},
+        6.0,
+    )
+    assert reply["result"] == "ok" and reply["dtmf"] == "info", reply
+    assert names(reply["sdp"]) == [("PCMU", 8000, 0)]  # no telephone-event to the switch
+    receiver = session(backend, "s1").receiver
+    assert receiver is not None and (receiver.payload_type, receiver.clock) == (te[2], 8000)
+    receiver.receive(event_packet(te[2], 800, 0, True, 800))
+    assert ng.handle({"command": "DTMF events"}, 7.0)["events"] == [
+        {"call-id": "s1", "from-tag": "br", "code": "0", "duration": 100}
+    ]

@@ -360,7 +360,7 @@ def test_browser_rfc4733_digits_go_to_the_switch_as_info_and_later_cseqs_are_shi
     proxy = make_proxy(media=True, dtmf_rfc4733_to_info=True)
     proxy.receive_from_flow(FLOW, crlf(INVITE), 0.0)
     (offer,) = commands(proxy.actions())
-    assert "flags" not in offer.command  # only the switch's answer carries the flag
+    assert "flags" not in offer.command  # only the switch's SDP carries the flag
     proxy.media_result(offer.token, {"result": "ok", "sdp": PLAIN}, 0.1)
     _, req = only_request(proxy.actions())
     route = "Record-Route: <sip:127.0.0.1:5070;lr>\n"
