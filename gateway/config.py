@@ -265,9 +265,9 @@ class MediaConfig:
     gateway and send the digit as RFC 4733 telephone-events in the RTP toward the switch;
     relayed as INFO when the switch leg has no telephone-event/8000."""
     dtmf_rfc4733_to_info: bool = False
-    """When the switch answers a browser's offer without telephone-event, keep the browser's
-    telephone-event and send each digit it plays to the switch as SIP INFO
-    (application/dtmf-relay) in the browser's name."""
+    """When the switch offers or answers without telephone-event, give the browser one
+    anyway and send each digit it plays to the switch as SIP INFO (application/dtmf-relay)
+    in the browser's name."""
 
     @property
     def ports(self) -> tuple[int, int]:

@@ -21,6 +21,10 @@ proxy:
 * When a flow closes, its confirmed dialogs are ended toward the switch with
   BYE, its pending outgoing INVITEs are CANCELled, and requests pending toward
   it are answered 480.
+* The gateway sends requests of its own in a browser's dialog (that BYE; the
+  DTMF INFOs of :meth:`Proxy.dtmf_events`) with the browser's identity and the
+  next CSeq past the browser's; the browser's later requests are renumbered
+  past them and their responses renumbered back (:class:`Dialog`).
 
 Nothing here reads a clock or touches a socket: the adapter feeds bytes with
 ``now``, arms one timer from :meth:`Proxy.get_timer`, and carries out the
@@ -172,9 +176,9 @@ class ProxySettings:
     """With media: answer a browser's DTMF INFO here and have the media layer send the digit
     as RFC 4733 telephone-events toward the switch (relayed as INFO when it cannot)."""
     dtmf_rfc4733_to_info: bool = False
-    """With media: when the switch answers a browser's offer without telephone-event, keep
-    the browser's telephone-event and send each digit it plays to the switch as a SIP INFO
-    (``application/dtmf-relay``) in the browser's name (:meth:`Proxy.dtmf_events`)."""
+    """With media: when the switch's SDP has no telephone-event, the media layer gives the
+    browser one anyway (flag ``DTMF-INFO``) and each digit the browser plays goes to the
+    switch as a SIP INFO (``application/dtmf-relay``) in its name (:meth:`Proxy.dtmf_events`)."""
 
 
 # ------------------------------------------------------------------ contexts
