@@ -1301,14 +1301,19 @@ class NgCommands:
         """Not rtpengine's: the digits read from browsers' telephone-events since the last
         call (calls answered with the ``DTMF-INFO`` flag and a switch without events), each
         ``{"call-id", "from-tag" (the browser's), "code", "duration" (ms)}``, oldest first
-        per call, at most :data:`MAX_DTMF_EVENTS` per reply (the rest wait)."""
+        per call, at most ``limit`` (default and most :data:`MAX_DTMF_EVENTS`) per reply:
+        the rest wait for the next."""
+        limit = body.get("limit", MAX_DTMF_EVENTS)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+            raise _CommandError("'limit' must be a positive integer")
+        limit = min(limit, MAX_DTMF_EVENTS)
         events: list[dict[str, object]] = []
         for call_id, call in self._dtmf_calls.items():
             receiver = call.dtmf_receiver
             if receiver is None or not receiver.pending:
                 continue
             tag = call.tags.get(WEBRTC, "")
-            while receiver.pending and len(events) < MAX_DTMF_EVENTS:
+            while receiver.pending and len(events) < limit:
                 code, duration = receiver.pending.popleft()
                 events.append(
                     {"call-id": call_id, "from-tag": tag, "code": code, "duration": duration}

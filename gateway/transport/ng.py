@@ -41,6 +41,7 @@ from gateway.media.codecs import available_codecs
 from gateway.media.ng import (
     LIST_LIMIT,
     MAX_CALLS,
+    MAX_DTMF_EVENTS,
     BencodeError,
     CodecPolicy,
     NgCommands,
@@ -472,7 +473,9 @@ class WorkerPool:
             replies = await asyncio.gather(*(self._ask(w, body) for w in self.workers))
             return _sum_statistics([r for _, r in replies], len(self.workers))
         if name == "dtmf events":
-            replies = await asyncio.gather(*(self._ask(w, body) for w in self.workers))
+            # Each worker's share of one reply's room (the sum stays one datagram).
+            share = {**body, "limit": max(1, MAX_DTMF_EVENTS // len(self.workers))}
+            replies = await asyncio.gather(*(self._ask(w, share) for w in self.workers))
             events = [e for _, r in replies for e in _list_of(r.get("events"))]
             return {"result": "ok", "events": events}
         if name == "list":

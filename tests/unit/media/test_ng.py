@@ -1086,6 +1086,13 @@ def test_dtmf_info_flag_keeps_the_browsers_events_and_collects_its_digits(
     assert session(backend, "t1").receiver is receiver
     events = tng.handle({"command": "DTMF events"}, 1006.0)["events"]
     assert events == [{"call-id": "t1", "from-tag": "ftag", "code": "1", "duration": 200}]
+    # "limit" caps one reply (a media worker's share); the rest wait for the next.
+    for i in range(3):
+        receiver.receive(event_packet(110, 120000 + 9600 * i, 3 + i, True, 4800))
+    first = tng.handle({"command": "DTMF events", "limit": 2}, 1006.1)["events"]
+    rest = tng.handle({"command": "DTMF events"}, 1006.2)["events"]
+    assert [e["code"] for e in first + rest] == ["3", "4", "5"] and len(first) == 2
+    assert tng.handle({"command": "DTMF events", "limit": 0}, 1006.3)["result"] == "error"
     # Ending the call forgets it.
     receiver.receive(event_packet(110, 192000, 2, True, 9600))
     tng.handle({"command": "delete", "call-id": "t1"}, 1007.0)
