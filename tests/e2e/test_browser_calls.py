@@ -722,6 +722,14 @@ def info_durations(far: RtpFarEnd) -> list[int]:
     return durations
 
 
+async def hold_and_unhold(phone: BrowserPhone) -> None:
+    """Put the call on hold and take it off again, each re-INVITE answered 2xx."""
+    await phone.hold()
+    assert (await phone.wait_for("onHold"))["held"] is True
+    await phone.unhold()
+    assert (await phone.wait_for("onHold"))["held"] is False
+
+
 async def wait_for_info_digits(far: RtpFarEnd, digits: str) -> str:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + STEP_TIMEOUT_S
@@ -776,10 +784,7 @@ async def test_browser_rfc4733_digits_reach_an_info_only_switch_as_info(
             # Chromium plays 100 ms; the INFO says so (the gateway's floor is 100 ms too).
             assert all(100 <= d <= 100 + 60 for d in info_durations(far)), info_durations(far)
 
-            await phone.hold()
-            assert (await phone.wait_for("onHold"))["held"] is True
-            await phone.unhold()
-            assert (await phone.wait_for("onHold"))["held"] is False
+            await hold_and_unhold(phone)
             await phone.send_dtmf("*0#", "rfc4733", durationMs=DTMF_DURATION_MS)
             assert await wait_for_info_digits(far, "159*0#") == "159*0#"
 
@@ -832,10 +837,7 @@ async def test_browser_rfc4733_digits_on_a_call_from_an_info_only_switch(
 
             await phone.send_dtmf("37", "rfc4733", durationMs=DTMF_DURATION_MS)
             assert await wait_for_info_digits(far, "37") == "37"
-            await phone.hold()
-            assert (await phone.wait_for("onHold"))["held"] is True
-            await phone.unhold()
-            assert (await phone.wait_for("onHold"))["held"] is False
+            await hold_and_unhold(phone)
             await phone.send_dtmf("A", "rfc4733", durationMs=DTMF_DURATION_MS)
             assert await wait_for_info_digits(far, "37A") == "37A"
             assert far.payload_types_seen == {0}
