@@ -1226,7 +1226,7 @@ class NgCommands:
                 # telephone-event the gateway added for SIP INFO (DTMF-INFO).
                 plain_codecs = [
                     c for c in params.codecs if any(c.same_format(o) for o in offered.codecs)
-                ]
+                ] or None  # nothing offered answered: the rewrite reports the answer as is
             self._set_dtmf_receiver(
                 call, self._dtmf_receiver(call, mode, params, pending.dtmf_info)
             )

@@ -1153,3 +1153,19 @@ def test_dtmf_info_flag_on_a_switch_offer_without_events(
     assert ng.handle({"command": "DTMF events"}, 7.0)["events"] == [
         {"call-id": "s1", "from-tag": "br", "code": "0", "duration": 100}
     ]
+
+
+def test_passthrough_answer_to_the_switch_names_only_what_it_offered(tng: NgCommands) -> None:
+    """RFC 3264 §6.1: a PCMU-only switch offer reaches the browser with the policy's opus and
+    PCMA added; a browser accepting PCMU, PCMA and telephone-event is passthrough PCMU, and
+    the switch's answer names PCMU alone (before, PCMA and the event leaked into it)."""
+    assert switch_offer(tng, "0")["result"] == "ok"
+    answer = text("chrome_answer.sdp").replace(
+        "m=audio 48506 UDP/TLS/RTP/SAVPF 111 0 8 96 101", "m=audio 48506 UDP/TLS/RTP/SAVPF 0 8 101"
+    )
+    reply = tng.handle(
+        {"command": "answer", "call-id": "s1", "from-tag": "sw", "to-tag": "br", "sdp": answer},
+        6.0,
+    )
+    assert reply["result"] == "ok" and reply["mode"] == "passthrough", reply
+    assert names(reply["sdp"]) == [("PCMU", 8000, 0)]
