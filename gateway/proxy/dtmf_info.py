@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_DURATION_MS",
     "MAX_BODY",
     "MAX_DURATION_DIGITS",
+    "DTMF_DIGITS",
 ]
 
 DTMF_RELAY = "application/dtmf-relay"
@@ -34,15 +35,16 @@ MAX_BODY = 256
 MAX_DURATION_DIGITS = 6
 """Longest ``Duration`` value taken (999 999 ms); the media layer clamps to 40-5000 ms."""
 
-_DIGITS = "0123456789*#ABCD"
+DTMF_DIGITS = "0123456789*#ABCD"
+"""The DTMF digits, indexed by their RFC 4733 event number (§3.2)."""
 
 
 def _digit(signal: str) -> str | None:
     signal = signal.strip().upper()
-    if len(signal) == 1 and signal in _DIGITS:
+    if len(signal) == 1 and signal in DTMF_DIGITS:
         return signal
     if signal.isdigit() and 10 <= int(signal) <= 15:
-        return _DIGITS[int(signal)]  # event numbers 10-15 (RFC 4733 §3.2) as some UAs send
+        return DTMF_DIGITS[int(signal)]  # event numbers 10-15 (RFC 4733 §3.2) as some UAs send
     return None
 
 

@@ -54,7 +54,7 @@ from gateway.sip.transaction import (
 from gateway.sip.uri import SipURI
 
 from .dialogs import Dialog, DialogTable
-from .dtmf_info import DTMF_RELAY, parse_dtmf_info
+from .dtmf_info import DTMF_DIGITS, DTMF_RELAY, parse_dtmf_info
 from .flow import Flow, FlowTable
 from .upstream import PoolMember, UpstreamPool
 
@@ -80,8 +80,6 @@ DIALOG_FORMING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 MEDIA_DELETE_DELAY = 5.0
 #: RFC 6026: how long 2xx retransmissions to an INVITE are still forwarded, in T1.
 ACCEPTED_T1 = 64
-#: Digits a DTMF INFO may carry (RFC 4733 events 0-15).
-DTMF_DIGITS = "0123456789*#ABCD"
 #: Longest Duration written into a DTMF INFO (the media layer reports at most this).
 MAX_INFO_DURATION_MS = 60_000
 
@@ -302,8 +300,8 @@ class Proxy:
         for call, flow_id in list(self.media_calls.items()):
             if call in calls:
                 continue
-            for dialog in self.dialogs.for_flow(flow_id):
-                if self._media_call(dialog.call_id, flow_id) != call or dialog.created > since:
+            for dialog in self._dialogs_of(call, flow_id):
+                if dialog.created > since:
                     continue
                 self.dialogs.remove(dialog)
                 self.media_calls.pop(call, None)
@@ -322,7 +320,8 @@ class Proxy:
             call, code, duration = event.get("call-id"), event.get("code"), event.get("duration")
             flow_id = self.media_calls.get(call) if isinstance(call, str) else None
             if (
-                flow_id is None
+                not isinstance(call, str)
+                or flow_id is None
                 or not isinstance(code, str)
                 or len(code) != 1
                 or code not in DTMF_DIGITS
@@ -331,14 +330,7 @@ class Proxy:
             ):
                 self._note("dtmf_rfc4733_dropped", "unknown call or malformed event")
                 continue
-            dialog = next(
-                (
-                    d
-                    for d in self.dialogs.for_flow(flow_id)
-                    if self._media_call(d.call_id, flow_id) == call
-                ),
-                None,
-            )
+            dialog = next(iter(self._dialogs_of(call, flow_id)), None)
             if dialog is None:
                 self._note("dtmf_rfc4733_dropped", "no confirmed dialog")
             elif dialog.far_allow is not None and "INFO" not in dialog.far_allow:
@@ -454,11 +446,8 @@ class Proxy:
         elif fwd.to_tag is not None:
             dialog = self.dialogs.find(flow.flow_id, fwd.call_id, fwd.from_tag, fwd.to_tag)
             if dialog is not None:
-                cseq, method = fwd.cseq
-                dialog.browser_cseq = max(dialog.browser_cseq, cseq)
-                shifted = dialog.shift_cseq(cseq, method)
-                if shifted != cseq:
-                    fwd.headers.set("CSeq", f"{shifted} {method}")
+                dialog.browser_cseq = max(dialog.browser_cseq, fwd.cseq[0])
+                _renumber_toward_far(fwd, dialog)
                 if self._absorb_refresh(sctx, dialog, now):
                     return
                 if fwd.method == "BYE":
@@ -514,10 +503,7 @@ class Proxy:
             return
         dialog = self.dialogs.find(flow.flow_id, fwd.call_id, fwd.from_tag, fwd.to_tag)
         if dialog is not None:
-            cseq = fwd.cseq[0]
-            shifted = dialog.shift_cseq(cseq, "ACK")
-            if shifted != cseq:
-                fwd.headers.set("CSeq", f"{shifted} ACK")
+            _renumber_toward_far(fwd, dialog)
         self._pop_own_routes(fwd)
         member = self._member_for(fwd, now)
         if member is None:
@@ -1138,6 +1124,14 @@ class Proxy:
 
     # ------------------------------------------------------------ media
 
+    def _dialogs_of(self, call: str, flow_id: int) -> list[Dialog]:
+        """The confirmed dialogs of media call ``call`` on ``flow_id``."""
+        return [
+            d
+            for d in self.dialogs.for_flow(flow_id)
+            if self._media_call(d.call_id, flow_id) == call
+        ]
+
     @staticmethod
     def _media_call(call_id: str, flow_id: int) -> str:
         """The media layer's call id: a call between two browsers on this
@@ -1615,6 +1609,14 @@ def _is_offer(req: Request) -> bool:
     """SDP in INVITE or UPDATE is an offer; in ACK or PRACK, the answer to an
     offer made in a response (RFC 3261 §13.2.1, RFC 3262 §5)."""
     return req.method in ("INVITE", "UPDATE")
+
+
+def _renumber_toward_far(req: Request, dialog: Dialog) -> None:
+    """Give a browser's in-dialog request the CSeq the far side expects (Dialog.shift_cseq)."""
+    cseq, method = req.cseq
+    shifted = dialog.shift_cseq(cseq, method)
+    if shifted != cseq:
+        req.headers.set("CSeq", f"{shifted} {method}")
 
 
 def _due(deadline: float | None, now: float) -> bool:

@@ -527,9 +527,9 @@ async def test_opus_only_browser_to_g711_only_far_end_is_transcoded(
     gateway: GatewayProcess, phone: BrowserPhone, clean_bindings: None
 ) -> None:
     """The browser offers only Opus; the far end takes only PCMU: the gateway transcodes."""
-    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event"))
-    await far.start()
-    try:
+    async with RtpFarEnd(
+        free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event")
+    ) as far:
         await opus_only_call(phone, gateway, far)
         assert far.payload_types_seen == {0}  # PCMU on the switch leg
         assert await browser_receives_tone(phone) > LEVEL_THRESHOLD
@@ -543,8 +543,6 @@ async def test_opus_only_browser_to_g711_only_far_end_is_transcoded(
         names = re.findall(r"a=rtpmap:\d+ ([^/]+)/", invite)
         assert "opus" in names and not {"PCMU", "PCMA", "G722"} & set(names), names
         await hang_up_from_browser(phone, far)
-    finally:
-        await far.close()
 
 
 async def test_rfc4733_digits_from_an_opus_browser_through_the_transcoder(
@@ -554,9 +552,9 @@ async def test_rfc4733_digits_from_an_opus_browser_through_the_transcoder(
     sends "0123456789*#" as RFC 4733 events at 48000: the far end gets every digit, in
     order, on its telephone-event type at 8000, with an end bit and 100 ms durations in
     8000-clock units; the browser's audio still reaches it afterwards."""
-    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event"))
-    await far.start()
-    try:
+    async with RtpFarEnd(
+        free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event")
+    ) as far:
         await opus_only_call(phone, gateway, far)
         te_pt = far.telephone_event_payload_type
         invite_sdp = far.received("INVITE")[0].body
@@ -611,8 +609,6 @@ async def test_rfc4733_digits_from_an_opus_browser_through_the_transcoder(
             BROWSER_TONE_HZ, abs=TOLERANCE_HZ
         )
         await hang_up_from_browser(phone, far)
-    finally:
-        await far.close()
 
 
 async def test_sip_info_digits_become_rfc4733_events_when_configured(
@@ -628,10 +624,10 @@ async def test_sip_info_digits_become_rfc4733_events_when_configured(
     200 itself, the far end receives no INFO, every digit arrives in order with an end bit
     and the duration the INFO asked for, and the audio stream carries on unbroken. Media
     in two worker processes, the default layout, so the command finds the call's worker."""
-    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event"))
-    await far.start()
     extra: dict[str, dict[str, object]] = {"media": {"dtmf_info_to_rfc4733": True}}
-    try:
+    async with RtpFarEnd(
+        free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event")
+    ) as far:
         async with running_gateway(
             kamailio, tmp_path / "gateway", request, workers=2, extra=extra
         ) as gateway:
@@ -671,8 +667,6 @@ async def test_sip_info_digits_become_rfc4733_events_when_configured(
                 BROWSER_TONE_HZ, abs=TOLERANCE_HZ
             )
             await hang_up_from_browser(phone, far)
-    finally:
-        await far.close()
 
 
 async def test_switch_without_telephone_event_gets_the_browsers_info_digits(
@@ -687,10 +681,8 @@ async def test_switch_without_telephone_event_gets_the_browsers_info_digits(
     cannot send RFC 4733 events that nobody could carry (SIP.js reports it); its INFO
     digits cannot become events either, so the gateway relays them as INFO, and the far
     end gets every digit."""
-    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU",))
-    await far.start()
     extra: dict[str, dict[str, object]] = {"media": {"dtmf_info_to_rfc4733": True}}
-    try:
+    async with RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU",)) as far:
         async with running_gateway(
             kamailio, tmp_path / "gateway", request, workers=0, extra=extra
         ) as gateway:
@@ -707,8 +699,6 @@ async def test_switch_without_telephone_event_gets_the_browsers_info_digits(
             assert await gateway.metric("gateway_dtmf_info_total", outcome="converted") == 0
             assert far.payload_types_seen == {0}
             await hang_up_from_browser(phone, far)
-    finally:
-        await far.close()
 
 
 def info_durations(far: RtpFarEnd) -> list[int]:
@@ -757,10 +747,8 @@ async def test_browser_rfc4733_digits_reach_an_info_only_switch_as_info(
     is not above the last (RFC 3261 §12.2.2) and checks each ACK names its INVITE's CSeq.
     Transcoded with media in two worker processes, and PCMU passthrough in-process."""
     codecs = ("PCMU",)
-    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=codecs)
-    await far.start()
     extra: dict[str, dict[str, object]] = {"media": {"dtmf_rfc4733_to_info": True}}
-    try:
+    async with RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=codecs) as far:
         async with running_gateway(
             kamailio,
             tmp_path / "gateway",
@@ -799,8 +787,6 @@ async def test_browser_rfc4733_digits_reach_an_info_only_switch_as_info(
             )
             await hang_up_from_browser(phone, far)
             assert call.out_of_order == 0
-    finally:
-        await far.close()
 
 
 async def test_browser_rfc4733_digits_on_a_call_from_an_info_only_switch(
@@ -814,10 +800,8 @@ async def test_browser_rfc4733_digits_on_a_call_from_an_info_only_switch(
     is offered one anyway (and the switch's answer leaves it out), the auto-answering
     browser's RFC 4733 digits reach the caller as INFO, and the browser's own requests
     afterwards (hold, unhold, BYE) carry CSeqs the caller accepts."""
-    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU",))
-    await far.start()
     extra: dict[str, dict[str, object]] = {"media": {"dtmf_rfc4733_to_info": True}}
-    try:
+    async with RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU",)) as far:
         async with running_gateway(
             kamailio, tmp_path / "gateway", request, workers=0, extra=extra
         ) as gateway:
@@ -846,8 +830,6 @@ async def test_browser_rfc4733_digits_on_a_call_from_an_info_only_switch(
             assert await gateway.metric("gateway_dtmf_rfc4733_to_info_total", outcome="sent") == 3
             await hang_up_from_browser(phone, far)
             assert call.out_of_order == 0
-    finally:
-        await far.close()
 
 
 async def test_hold_and_unhold_on_a_transcoded_call(
@@ -857,9 +839,7 @@ async def test_hold_and_unhold_on_a_transcoded_call(
     far end is offered sendonly then sendrecv, the browser gets (almost) nothing while
     held, and after unhold the call is still transcoded by the same pipeline (the mode was
     chosen once), with the tones heard both ways."""
-    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU",))
-    await far.start()
-    try:
+    async with RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU",)) as far:
         await opus_only_call(phone, gateway, far)
         assert await browser_receives_tone(phone) > LEVEL_THRESHOLD
 
@@ -887,5 +867,3 @@ async def test_hold_and_unhold_on_a_transcoded_call(
         )
         assert chosen == 1, chosen
         await hang_up_from_browser(phone, far)
-    finally:
-        await far.close()

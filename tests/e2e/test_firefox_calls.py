@@ -301,9 +301,9 @@ async def test_opus_only_firefox_sends_rfc4733_digits_through_the_transcoder(
     telephone-event far end: the gateway transcodes, the far end hears Firefox's tone, and
     "0123456789*#" sent as RFC 4733 events reaches the far end on its telephone-event type,
     every digit in order, each ended, then audio carries on."""
-    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event"))
-    await far.start()
-    try:
+    async with RtpFarEnd(
+        free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("PCMU", "telephone-event")
+    ) as far:
         await opus_only_call(firefox, gateway, far, FIREFOX_TONE_HZ)
         assert browser_offer_codecs(gateway.log_text()) == ["opus/48000", "telephone-event/8000"]
         te_pt = far.telephone_event_payload_type
@@ -354,8 +354,6 @@ async def test_opus_only_firefox_sends_rfc4733_digits_through_the_transcoder(
             FIREFOX_TONE_HZ, abs=TOLERANCE_HZ
         )
         await hang_up_from_browser(firefox, far)
-    finally:
-        await far.close()
 
 
 async def test_firefox_hold_and_unhold(
@@ -412,9 +410,9 @@ async def test_g729_caller_reaches_firefox_and_gets_its_rfc4733_digits(
     browser list beside it and transcodes to whatever Firefox answers; Firefox answers
     telephone-event/8000 (its only rate), and its RFC 4733 digits reach the caller on the
     caller's telephone-event type, each reported at >= 100 ms with one marker."""
-    far = RtpFarEnd(free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("G729", "telephone-event"))
-    await far.start()
-    try:
+    async with RtpFarEnd(
+        free_port_on(SIPP_IP), tone_hz=FAR_TONE_HZ, codecs=("G729", "telephone-event")
+    ) as far:
         registered = await register(firefox, gateway.ws_url, "bob", autoAnswer=True)
         assert registered["event"] == "onRegistered", registered
         inviting = asyncio.ensure_future(far.invite("bob", (kamailio.ip, kamailio.udp_port)))
@@ -459,5 +457,3 @@ async def test_g729_caller_reaches_firefox_and_gets_its_rfc4733_digits(
         assert (await far.send_bye()).status == 200
         ended = await firefox.wait_for("onEnd", timeout=STEP_TIMEOUT_S)
         assert ended["cause"] == "remote_hangup", ended
-    finally:
-        await far.close()
